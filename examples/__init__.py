@@ -1,0 +1,1 @@
+"""Example MCP servers used by the README config, tests and benchmarks."""

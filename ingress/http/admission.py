@@ -1,0 +1,77 @@
+"""The checks every agent request passes before its message is read: origin, identity, size.
+
+Each refusal is recorded as a `message_refused` event and answered with the right HTTP status and
+a JSON-RPC error body a person can act on.
+"""
+
+from __future__ import annotations
+
+import orjson
+from aiohttp import web
+from mcp_types import INVALID_REQUEST
+
+from ingress.auth import AuthFailure, Identity
+from ingress.errors import UNAUTHENTICATED
+from ingress.gateway import Gateway
+from ingress.jsonrpc import JsonObject, error_body
+from ingress.upstreams.base import CallContext
+from schemas.events import Outcome, new_event_id
+
+
+
+def base_context(request: web.Request, transport: str) -> CallContext:
+    traceparent = request.headers.get("traceparent", "")
+    parts = traceparent.split("-")
+    trace_id, span_id = (parts[1], parts[2]) if len(parts) == 4 else ("", "")
+    return CallContext(correlation_id=new_event_id(), client_addr=request.remote or "", transport=transport,
+                       principal="anonymous", trace_id=trace_id, span_id=span_id)
+
+
+async def refuse(gateway: Gateway, ctx: CallContext, status: int, code: int, message: str, outcome: Outcome,
+                 received: bytes = b"", body: JsonObject | None = None, msg_id: object = None,
+                 headers: dict[str, str] | None = None, data: object = None) -> web.Response:
+    await gateway.recorder.refused(ctx, body or {}, received, code, message, outcome)
+    payload = orjson.dumps(error_body(msg_id if isinstance(msg_id, str | int) else None, code, message, data))
+    return web.Response(status=status, body=payload, content_type="application/json", headers=headers)
+
+
+def resource_metadata_url(request: web.Request) -> str:
+    return f"{request.scheme}://{request.host}/.well-known/oauth-protected-resource"
+
+
+async def admit(gateway: Gateway, request: web.Request, ctx: CallContext) -> Identity | web.Response:
+    """Origin and identity; returns the caller or the refusal to send."""
+    if not gateway.auth.origin_allowed(request.headers.get("Origin")):
+        return await refuse(gateway, ctx, 403, INVALID_REQUEST,
+                            f"Forbidden: Origin {request.headers.get('Origin')!r} is not allowed; add it to "
+                            "listen.allowed_origins", Outcome.FORBIDDEN)
+    identity = gateway.auth.authenticate(request.headers.get("Authorization"))
+    if isinstance(identity, AuthFailure):
+        challenge = (f'Bearer error="invalid_token", error_description="{identity.reason}", '
+                     f'resource_metadata="{resource_metadata_url(request)}"')
+        return await refuse(gateway, ctx, 401, UNAUTHENTICATED, f"Unauthorized: {identity.reason}",
+                            Outcome.UNAUTHENTICATED, headers={"WWW-Authenticate": challenge})
+    ctx.principal = identity.principal
+    ctx.tenant = identity.tenant
+    return identity
+
+
+async def read_body(gateway: Gateway, request: web.Request, ctx: CallContext) -> bytes | web.Response:
+    limit = gateway.config.limits.max_body_bytes
+    length = request.content_length
+    if length is not None and length > limit:
+        return await refuse(gateway, ctx, 413, INVALID_REQUEST,
+                            f"Payload too large: {length} bytes is over the {limit}-byte limit "
+                            "(limits.max_body_bytes)", Outcome.REFUSED)
+    if length is not None:
+        return await request.read()
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.content.iter_chunked(65536):
+        size += len(chunk)
+        if size > limit:
+            return await refuse(gateway, ctx, 413, INVALID_REQUEST,
+                                f"Payload too large: the body is over the {limit}-byte limit (limits.max_body_bytes)",
+                                Outcome.REFUSED, received=b"".join(chunks)[:4096])
+        chunks.append(chunk)
+    return b"".join(chunks)

@@ -1,0 +1,149 @@
+"""How one agent call talks back: a JSON body, or an SSE stream once the upstream has more to say.
+
+A call starts out expecting a single JSON answer. The first notification or server-to-client
+request the upstream sends during the call turns the response into an SSE stream (if the agent
+accepts one), carrying those messages and then the final response. Every message is recorded
+before it is written. The legacy HTTP+SSE transport writes everything to the session stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import orjson
+from aiohttp import web
+from mcp_types import METHOD_NOT_FOUND
+
+from ingress.dispatch import Reply
+from ingress.gateway import level_allows
+from ingress.jsonrpc import JsonObject, error_body
+from ingress.recorder import Recorder
+from ingress.sessions import AgentSession
+from ingress.upstreams.base import CallContext
+
+SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
+               "X-Accel-Buffering": "no"}
+_CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
+                  "roots/list": "roots"}
+
+
+def sse_event(data: bytes) -> bytes:
+    return b"event: message\ndata: " + data + b"\n\n"
+
+
+class AgentChannel:
+    """The `CallHandler` of one agent call; subclasses decide where the bytes go."""
+
+    def __init__(self, recorder: Recorder, ctx: CallContext, session: AgentSession | None,
+                 answer_timeout_s: float) -> None:
+        self.recorder = recorder
+        self.ctx = ctx
+        self.session = session
+        self.answer_timeout_s = answer_timeout_s
+
+    async def _emit(self, wire: bytes) -> None:
+        raise NotImplementedError
+
+    async def notification(self, server: str, body: JsonObject) -> None:
+        if body.get("method") == "notifications/message":
+            params = body.get("params") or {}
+            threshold = self.session.log_level if self.session is not None else self.ctx.log_level
+            if self.ctx.era == "modern" and self.ctx.log_level is None:
+                return  # modern clients get logs only when they asked for them on the request
+            if not level_allows(threshold, params.get("level")):
+                return
+        wire = orjson.dumps(body)
+        await self.recorder.agent_sent(self.ctx, body, wire, final=False)
+        await self._emit(wire)
+
+    async def request(self, server: str, body: JsonObject) -> JsonObject:
+        method = str(body.get("method", ""))
+        capability = _CAPABILITY_OF.get(method)
+        session = self.session
+        if session is None:
+            # A stateless (modern) agent cannot be asked mid-call; MRTR bridging is not offered here.
+            return error_body(body.get("id"), METHOD_NOT_FOUND,
+                              f"{method} is not available: the agent uses the stateless protocol and cannot "
+                              "answer server-to-client requests mid-call")
+        if capability is not None and not session.supports(capability):
+            return error_body(body.get("id"), METHOD_NOT_FOUND,
+                              f"the agent did not declare the {capability!r} capability")
+        agent_id = session.next_request_id()
+        out = {**body, "id": agent_id}
+        wire = orjson.dumps(out)
+        waiter: asyncio.Future[tuple[JsonObject, bytes]] = asyncio.get_running_loop().create_future()
+        session.awaiting[agent_id] = waiter
+        try:
+            await self.recorder.agent_sent(self.ctx, out, wire, final=False)
+            await self._emit(wire)
+            answer, raw = await asyncio.wait_for(waiter, self.answer_timeout_s)
+        finally:
+            session.awaiting.pop(agent_id, None)
+        self.recorder.agent_received(self.ctx, answer, raw)
+        return dict(answer)
+
+    async def finish(self, reply: Reply) -> web.StreamResponse:
+        raise NotImplementedError
+
+
+class PostChannel(AgentChannel):
+    """Streamable HTTP: the answer to one POST."""
+
+    def __init__(self, request: web.Request, recorder: Recorder, ctx: CallContext, session: AgentSession | None,
+                 answer_timeout_s: float, headers: dict[str, str] | None = None) -> None:
+        super().__init__(recorder, ctx, session, answer_timeout_s)
+        self.request = request
+        self.headers = headers or {}
+        self.stream: web.StreamResponse | None = None
+        accept = request.headers.get("Accept", "")
+        self.can_stream = "text/event-stream" in accept or "*/*" in accept or not accept
+        self._lock = asyncio.Lock()
+
+    async def _start_stream(self) -> web.StreamResponse:
+        if self.stream is None:
+            stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})
+            await stream.prepare(self.request)
+            self.stream = stream
+        return self.stream
+
+    async def _emit(self, wire: bytes) -> None:
+        if not self.can_stream:
+            return  # recorded, but this agent takes a single JSON answer only
+        async with self._lock:
+            stream = await self._start_stream()
+            await stream.write(sse_event(wire))
+
+    async def finish(self, reply: Reply) -> web.StreamResponse:
+        wire = orjson.dumps(reply.body)
+        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
+        if self.stream is not None:
+            async with self._lock:
+                await self.stream.write(sse_event(wire))
+                await self.stream.write_eof()
+            return self.stream
+        return web.Response(body=wire, status=reply.http_status, content_type="application/json",
+                            headers=self.headers)
+
+    async def cancelled(self) -> web.StreamResponse:
+        """The agent cancelled the call: end the response without an answer, as the spec asks."""
+        await self.recorder.flush(self.ctx)
+        stream = await self._start_stream()
+        await stream.write_eof()
+        return stream
+
+
+class SessionStreamChannel(AgentChannel):
+    """Legacy HTTP+SSE: every message for the agent goes down the session's SSE connection."""
+
+    def __init__(self, recorder: Recorder, ctx: CallContext, session: AgentSession, answer_timeout_s: float) -> None:
+        super().__init__(recorder, ctx, session, answer_timeout_s)
+        self._session = session
+
+    async def _emit(self, wire: bytes) -> None:
+        self._session.push(wire)
+
+    async def finish(self, reply: Reply) -> Any:
+        wire = orjson.dumps(reply.body)
+        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
+        self._session.push(wire)

@@ -1,0 +1,268 @@
+"""Streamable HTTP for agents: POST, GET and DELETE on `/mcp` and `/servers/{name}/mcp`.
+
+One endpoint serves both eras. A legacy agent initializes, receives an `Mcp-Session-Id`, and may
+hold a GET stream for unsolicited messages; a modern agent sends self-describing requests and
+opens `subscriptions/listen` streams for change notifications.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+
+import orjson
+from aiohttp import web
+from mcp_types import INVALID_REQUEST
+
+from ingress import eras
+from ingress.dispatch import Reply
+from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
+from ingress.gateway import Gateway, Listener
+from ingress.http.admission import admit, base_context, read_body, refuse
+from ingress.http.channel import SSE_HEADERS, PostChannel, sse_event
+from ingress.jsonrpc import Invalid, Message, error_body, parse_message
+from ingress.sessions import AgentSession, SessionLimitReached
+from ingress.sink import SinkUnavailable
+from ingress.upstreams.base import CallContext
+from schemas.events import EventType, Outcome
+
+log = logging.getLogger("mcpgw.http")
+
+SESSION_HEADER = "Mcp-Session-Id"
+KEEPALIVE_S = 15.0
+
+
+class McpEndpoint:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def _target(self, request: web.Request) -> str | None:
+        target = request.match_info.get("server", "")
+        return target if not target or target in self.gateway.upstreams else None
+
+    async def _unknown_server(self, request: web.Request) -> web.Response:
+        name = request.match_info.get("server", "")
+        known = ", ".join(self.gateway.upstreams) or "none"
+        body = orjson.dumps(error_body(None, INVALID_REQUEST, f"no server named {name!r} (configured: {known})"))
+        return web.Response(status=404, body=body, content_type="application/json")
+
+    # -- POST ---------------------------------------------------------------------------------------
+
+    async def post(self, request: web.Request) -> web.StreamResponse:
+        gateway = self.gateway
+        target = self._target(request)
+        if target is None:
+            return await self._unknown_server(request)
+        ctx = base_context(request, "streamable_http")
+        ctx.server = target
+        admitted = await admit(gateway, request, ctx)
+        if isinstance(admitted, web.Response):
+            return admitted
+        data = await read_body(gateway, request, ctx)
+        if isinstance(data, web.Response):
+            return data
+        msg = parse_message(data)
+        if isinstance(msg, Invalid):
+            return await refuse(gateway, ctx, 400, msg.code, msg.message, Outcome.REFUSED, data, msg_id=msg.id)
+        session_id = request.headers.get(SESSION_HEADER)
+        detected = eras.detect(msg, request.headers, has_session=bool(session_id))
+        if isinstance(detected, eras.Rejection):
+            return await refuse(gateway, ctx, detected.status, detected.code, detected.message, Outcome.REFUSED,
+                                data, msg.body, msg.id, data=detected.data)
+        ctx.era = detected.era
+        ctx.protocol_version = detected.version
+        ctx.method = msg.method
+        session: AgentSession | None = None
+        if detected.era == "modern":
+            meta = msg.meta
+            caps = meta.get(eras.META_CAPABILITIES)
+            ctx.client_capabilities = caps if isinstance(caps, dict) else {}
+            info = meta.get(eras.META_CLIENT_INFO)
+            ctx.client_info = info if isinstance(info, dict) else None
+            level = meta.get(eras.META_LOG_LEVEL)
+            ctx.log_level = level if isinstance(level, str) else None
+        elif detected.handshake:
+            if not msg.is_request:
+                return await refuse(gateway, ctx, 400, INVALID_REQUEST, "initialize must be a request (with an id)",
+                                    Outcome.REFUSED, data, msg.body)
+            try:
+                session = gateway.sessions.open(ctx.principal, ctx.tenant, target, "streamable_http")
+            except SessionLimitReached as exc:
+                return await refuse(gateway, ctx, 503, SESSION_LIMIT, f"{exc}; retry later", Outcome.REFUSED,
+                                    data, msg.body, msg.id)
+            ctx.session_id = session.id
+        else:
+            assert session_id is not None
+            session = gateway.sessions.get(session_id, ctx.principal, target)
+            if session is None:
+                return await refuse(gateway, ctx, 404, INVALID_REQUEST,
+                                    "Session not found: it expired or was closed; send initialize again",
+                                    Outcome.REFUSED, data, msg.body, msg.id)
+            ctx.session_id = session.id
+            ctx.protocol_version = session.protocol_version or ctx.protocol_version
+        gateway.recorder.agent_received(ctx, msg.body, data)
+        try:
+            if msg.is_response:
+                return await self._agent_answer(msg, ctx, session)
+            if msg.is_notification:
+                await gateway.dispatcher.notification(msg, ctx, target, session)
+                await gateway.recorder.flush(ctx)
+                return web.Response(status=202)
+            if msg.method == "subscriptions/listen" and detected.era == "modern":
+                return await self._listen(request, msg, ctx, target)
+            return await self._request(request, msg, ctx, target, session, detected.handshake)
+        except SinkUnavailable as exc:
+            log.error("audit sink unavailable, refusing %s: %s", msg.method, exc)
+            body = orjson.dumps(error_body(msg.id, AUDIT_UNAVAILABLE,
+                                           f"the audit log cannot record this call, so it was not made: {exc}; "
+                                           "retry later"))
+            return web.Response(status=503, body=body, content_type="application/json")
+
+    async def _request(self, request: web.Request, msg: Message, ctx: CallContext, target: str,
+                       session: AgentSession | None, handshake: bool) -> web.StreamResponse:
+        gateway = self.gateway
+        headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
+        channel = PostChannel(request, gateway.recorder, ctx, session, gateway.config.limits.request_timeout_s,
+                              headers)
+        ctx.handler = channel
+        try:
+            if session is None:
+                reply = await gateway.dispatcher.request(msg, ctx, target, session)
+            else:
+                task = asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, session))
+                session.inflight[msg.id] = task
+                try:
+                    reply = await task
+                except asyncio.CancelledError:
+                    if task.cancelled() and not _current_task_cancelling():
+                        return await channel.cancelled()  # notifications/cancelled from the agent
+                    raise
+                finally:
+                    session.inflight.pop(msg.id, None)
+        finally:
+            ctx.handler = None
+        if handshake and session is not None:
+            await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, detail=f"protocol "
+                                             f"{session.protocol_version}", server=target)
+        return await channel.finish(reply)
+
+    async def _agent_answer(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> web.Response:
+        ctx.deferred.clear()  # recorded once: by the call that asked, or as a refusal below
+        waiter = session.awaiting.get(str(msg.id)) if session is not None else None
+        if waiter is None or waiter.done():
+            await self.gateway.recorder.refused(ctx, msg.body, msg.dumps(), INVALID_REQUEST,
+                                                "no server-to-client request awaits this answer", Outcome.REFUSED)
+            return web.Response(status=202)
+        waiter.set_result((msg.body, msg.dumps()))
+        return web.Response(status=202)
+
+    async def _listen(self, request: web.Request, msg: Message, ctx: CallContext, target: str) -> web.StreamResponse:
+        gateway = self.gateway
+        wants = msg.params.get("notifications")
+        wants = wants if isinstance(wants, dict) else {}
+        listener = Listener(msg.id, target, ctx, wants)
+        accepted = {k: v for k, v in wants.items()
+                    if k in ("toolsListChanged", "promptsListChanged", "resourcesListChanged",
+                             "resourceSubscriptions")}
+        ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
+               "params": {"_meta": {eras.META_SUBSCRIPTION_ID: msg.id}, "notifications": accepted}}
+        ack_wire = orjson.dumps(ack)
+        await gateway.recorder.agent_sent(ctx, ack, ack_wire, final=False)
+        stream = web.StreamResponse(status=200, headers=SSE_HEADERS)
+        await stream.prepare(request)
+        await stream.write(sse_event(ack_wire))
+        gateway.listeners.add(listener)
+        try:
+            await _pump(stream, listener.outbox)
+            # The gateway is ending the subscription: close it gracefully with a result.
+            done = {"jsonrpc": "2.0", "id": msg.id, "result": {
+                "resultType": "complete", "_meta": {eras.META_SUBSCRIPTION_ID: msg.id}}}
+            wire = orjson.dumps(done)
+            await gateway.recorder.agent_sent(ctx, done, wire)
+            with contextlib.suppress(ConnectionError):
+                await stream.write(sse_event(wire))
+                await stream.write_eof()
+        finally:
+            gateway.listeners.discard(listener)
+        return stream
+
+    # -- GET and DELETE (legacy sessions) ---------------------------------------------------------------
+
+    async def _session_of(self, request: web.Request, ctx: CallContext) -> AgentSession | web.Response:
+        gateway = self.gateway
+        target = self._target(request)
+        if target is None:
+            return await self._unknown_server(request)
+        admitted = await admit(gateway, request, ctx)
+        if isinstance(admitted, web.Response):
+            return admitted
+        session_id = request.headers.get(SESSION_HEADER)
+        if not session_id:
+            return await refuse(gateway, ctx, 405, INVALID_REQUEST,
+                                f"Method Not Allowed: {request.method} needs an {SESSION_HEADER} (2025-11-25 and "
+                                "earlier); protocol 2026-07-28 uses POST subscriptions/listen instead",
+                                Outcome.REFUSED, headers={"Allow": "POST"})
+        session = gateway.sessions.get(session_id, ctx.principal, target)
+        if session is None:
+            return await refuse(gateway, ctx, 404, INVALID_REQUEST, "Session not found", Outcome.REFUSED)
+        ctx.session_id = session.id
+        ctx.era = "legacy"
+        ctx.protocol_version = session.protocol_version
+        return session
+
+    async def get(self, request: web.Request) -> web.StreamResponse:
+        ctx = base_context(request, "streamable_http")
+        session = await self._session_of(request, ctx)
+        if isinstance(session, web.Response):
+            return session
+        if "text/event-stream" not in request.headers.get("Accept", "text/event-stream"):
+            return web.Response(status=406, text="Not Acceptable: GET streams are text/event-stream")
+        if session.streams:
+            return await refuse(self.gateway, ctx, 409, INVALID_REQUEST,
+                                "Conflict: this session already has a GET stream open", Outcome.REFUSED)
+        stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, SESSION_HEADER: session.id})
+        await stream.prepare(request)
+        outbox: asyncio.Queue[bytes | None] = asyncio.Queue()
+        session.streams.append(outbox)
+        try:
+            await _pump(stream, outbox)
+        finally:
+            with contextlib.suppress(ValueError):
+                session.streams.remove(outbox)
+        return stream
+
+    async def delete(self, request: web.Request) -> web.StreamResponse:
+        ctx = base_context(request, "streamable_http")
+        session = await self._session_of(request, ctx)
+        if isinstance(session, web.Response):
+            return session
+        await self.gateway.close_session(session, "closed by the agent (DELETE)")
+        return web.Response(status=200)
+
+
+def _current_task_cancelling() -> bool:
+    task = asyncio.current_task()
+    return task is not None and task.cancelling() > 0
+
+
+async def _pump(stream: web.StreamResponse, outbox: asyncio.Queue[bytes | None]) -> None:
+    """Write queued messages to an SSE stream until the queue says stop or the agent leaves."""
+    while True:
+        try:
+            item = await asyncio.wait_for(outbox.get(), KEEPALIVE_S)
+        except TimeoutError:
+            try:
+                await stream.write(b": keep-alive\n\n")
+            except ConnectionError:
+                return
+            continue
+        if item is None:
+            return
+        try:
+            await stream.write(sse_event(item))
+        except ConnectionError:
+            return
+
+
+__all__ = ["McpEndpoint", "Reply"]

@@ -1,0 +1,200 @@
+"""Turning messages into audit events and handing them to the sink at the right moment.
+
+The rule (audit-first): an event is durable before the action it records takes effect. So a
+message *received* is held on its call until the call's next outgoing message, and both are
+recorded in one `sink.record()` before that message leaves: one durable write per hop, not two.
+Refusals and lifecycle facts are recorded at once. In `async` mode the write is started but not
+awaited, and every event says so.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import logging
+import socket
+import time
+import uuid
+from typing import Any
+
+from ingress.sink import EventSink
+from ingress.upstreams.base import CallContext, JsonObject
+from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
+
+log = logging.getLogger("mcpgw.audit")
+
+_TYPE_DIRECTION = {
+    EventType.AGENT_MESSAGE_RECEIVED: Direction.AGENT_TO_GATEWAY,
+    EventType.AGENT_MESSAGE_SENT: Direction.GATEWAY_TO_AGENT,
+    EventType.UPSTREAM_MESSAGE_SENT: Direction.GATEWAY_TO_UPSTREAM,
+    EventType.UPSTREAM_MESSAGE_RECEIVED: Direction.UPSTREAM_TO_GATEWAY,
+    EventType.MESSAGE_REFUSED: Direction.AGENT_TO_GATEWAY,
+}
+
+
+def kind_of(body: JsonObject) -> Kind:
+    if "method" in body:
+        return Kind.REQUEST if "id" in body else Kind.NOTIFICATION
+    if "error" in body:
+        return Kind.ERROR
+    return Kind.RESPONSE if body else Kind.ERROR
+
+
+def _error_of(body: JsonObject) -> tuple[int | None, str]:
+    error = body.get("error")
+    if isinstance(error, dict):
+        code = error.get("code")
+        return (code if isinstance(code, int) else None), str(error.get("message", ""))[:1000]
+    return None, ""
+
+
+class Recorder:
+    def __init__(self, sink: EventSink, instance_id: str | None = None, mode: str = "strict") -> None:
+        self.sink = sink
+        self.instance_id = instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        self.mode = mode
+        self._pending: set[asyncio.Task[None]] = set()
+
+    def event(
+        self,
+        event_type: EventType,
+        body: JsonObject,
+        wire: bytes,
+        ctx: CallContext,
+        *,
+        server: str = "",
+        outcome: Outcome | None = None,
+        latency_us: int | None = None,
+        detail: str = "",
+    ) -> GatewayEvent:
+        kind = kind_of(body)
+        code, message = _error_of(body)
+        raw_id = body.get("id")
+        return GatewayEvent(
+            event_type=event_type,
+            kind=kind,
+            direction=_TYPE_DIRECTION.get(event_type, Direction.INTERNAL),
+            outcome=outcome or (Outcome.OK if code is None else Outcome.ERROR),
+            event_id=new_event_id(),
+            ts_us=time.time_ns() // 1000,
+            gateway_instance=self.instance_id,
+            protocol_era=ctx.era,
+            protocol_version=ctx.protocol_version,
+            transport=ctx.transport,
+            session_id=ctx.session_id,
+            correlation_id=ctx.correlation_id,
+            tenant=ctx.tenant,
+            principal=ctx.principal,
+            client_addr=ctx.client_addr,
+            server=server or ctx.server,
+            jsonrpc_id="" if raw_id is None else str(raw_id),
+            method=str(body.get("method") or ctx.method),
+            tool=ctx.tool,
+            resource_uri=ctx.resource_uri,
+            prompt_name=ctx.prompt_name,
+            error_code=code,
+            error_message=message,
+            latency_us=latency_us,
+            payload=wire,
+            payload_sha256=hashlib.sha256(wire).hexdigest(),
+            payload_size=len(wire),
+            trace_id=ctx.trace_id,
+            span_id=ctx.span_id,
+            detail=detail if self.mode == "strict" else (detail + " [audit mode async]").strip(),
+        )
+
+    def _fill(self, event: GatewayEvent, ctx: CallContext) -> None:
+        # Events held since before routing learn where the call went.
+        if not event.server:
+            event.server = ctx.server
+        if not event.tool:
+            event.tool = ctx.tool
+        if not event.resource_uri:
+            event.resource_uri = ctx.resource_uri
+        if not event.prompt_name:
+            event.prompt_name = ctx.prompt_name
+        if not event.method:
+            event.method = ctx.method
+        if not event.session_id:
+            event.session_id = ctx.session_id
+        if not event.protocol_version:
+            event.protocol_version = ctx.protocol_version
+
+    async def _write(self, events: list[GatewayEvent]) -> None:
+        if self.mode == "strict":
+            await asyncio.shield(self.sink.record(*events))
+            return
+        task = asyncio.ensure_future(self.sink.record(*events))
+        self._pending.add(task)
+        task.add_done_callback(self._written)
+
+    def _written(self, task: asyncio.Task[None]) -> None:
+        self._pending.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("async audit write failed", exc_info=task.exception())
+
+    async def flush(self, ctx: CallContext, *more: GatewayEvent) -> None:
+        """Record the call's held events (and `more`) now."""
+        if not ctx.deferred and not more:
+            return
+        events: list[GatewayEvent] = ctx.deferred
+        ctx.deferred = []
+        for event in events:
+            self._fill(event, ctx)
+        events.extend(more)
+        await self._write(events)
+
+    # -- agent side ---------------------------------------------------------------------------
+
+    def agent_received(self, ctx: CallContext, body: JsonObject, wire: bytes) -> None:
+        ctx.deferred.append(self.event(EventType.AGENT_MESSAGE_RECEIVED, body, wire, ctx))
+
+    async def agent_sent(
+        self, ctx: CallContext, body: JsonObject, wire: bytes, outcome: Outcome | None = None, final: bool = True
+    ) -> None:
+        latency = (time.perf_counter_ns() - ctx.started_ns) // 1000 if final else None
+        await self.flush(ctx, self.event(EventType.AGENT_MESSAGE_SENT, body, wire, ctx, outcome=outcome,
+                                         latency_us=latency))
+
+    async def refused(
+        self, ctx: CallContext, body: JsonObject, wire: bytes, code: int, message: str, outcome: Outcome
+    ) -> None:
+        event = self.event(EventType.MESSAGE_REFUSED, body, wire, ctx, outcome=outcome, detail=message)
+        event.error_code = code
+        event.error_message = message[:1000]
+        if body.get("method"):
+            event.kind = kind_of(body)
+        await self.flush(ctx, event)
+
+    async def lifecycle(self, event_type: EventType, ctx: CallContext, detail: str = "", server: str = "",
+                        outcome: Outcome = Outcome.OK, payload: bytes = b"") -> None:
+        event = self.event(event_type, {}, payload, ctx, server=server, outcome=outcome, detail=detail)
+        event.kind = Kind.LIFECYCLE
+        event.direction = Direction.INTERNAL
+        await self._write([event])
+
+    # -- upstream side (UpstreamTap) ----------------------------------------------------------------
+
+    async def sent(self, server: str, body: JsonObject, wire: bytes, ctx: CallContext) -> None:
+        await self.flush(ctx, self.event(EventType.UPSTREAM_MESSAGE_SENT, body, wire, ctx, server=server))
+
+    async def received(
+        self, server: str, body: JsonObject, wire: bytes, ctx: CallContext, latency_us: int | None
+    ) -> None:
+        outcome = Outcome.UPSTREAM_ERROR if "error" in body or not body else None
+        event = self.event(EventType.UPSTREAM_MESSAGE_RECEIVED, body, wire, ctx, server=server,
+                           outcome=outcome, latency_us=latency_us)
+        if ctx.handler is None:
+            await self._write([event])  # nothing further happens on this call: record it now
+        else:
+            ctx.deferred.append(event)
+
+    async def drain(self) -> None:
+        while self._pending:
+            await asyncio.gather(*list(self._pending), return_exceptions=True)
+
+
+def system_context(**fields: Any) -> CallContext:
+    """The context of the gateway's own traffic (handshakes, catalog fetches, probes)."""
+    defaults: dict[str, Any] = {"principal": "gateway", "transport": "internal"}
+    return CallContext(correlation_id=new_event_id(), **{**defaults, **fields})

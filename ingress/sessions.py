@@ -1,0 +1,109 @@
+"""Agent sessions of the legacy era (initialize + Mcp-Session-Id, or the HTTP+SSE transport).
+
+A session belongs to the principal that opened it: another principal presenting its id gets 404,
+as if it did not exist. Sessions idle past the timeout are closed. Each holds the streams the
+gateway pushes to (the GET stream or the SSE connection) and the agent's answers it awaits for
+server-to-client requests.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import secrets
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingress.upstreams.base import JsonObject
+
+# Queue items are ready-to-send JSON bytes; None closes the stream.
+Outbox = asyncio.Queue[bytes | None]
+
+
+@dataclass(slots=True, eq=False)
+class AgentSession:
+    id: str
+    principal: str
+    tenant: str
+    target: str  # "" for the aggregate, else the server name
+    transport: str  # streamable_http | sse
+    protocol_version: str = ""
+    client_info: JsonObject = field(default_factory=dict)
+    client_capabilities: JsonObject = field(default_factory=dict)
+    log_level: str | None = None
+    initialized: bool = False
+    created: float = field(default_factory=time.time)
+    last_seen: float = field(default_factory=time.monotonic)
+    # Where unsolicited messages go: the GET stream (streamable HTTP) or the SSE connection.
+    streams: list[Outbox] = field(default_factory=list)
+    # Answers awaited from the agent for server-to-client requests, by the id the agent sees.
+    awaiting: dict[str, asyncio.Future[tuple[JsonObject, bytes]]] = field(default_factory=dict)
+    # The agent's requests in flight, by their JSON-RPC id, so notifications/cancelled can stop them.
+    inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
+    subscriptions: set[str] = field(default_factory=set)
+    _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
+
+    def next_request_id(self) -> str:
+        return f"gw-{next(self._ids)}"
+
+    def touch(self) -> None:
+        self.last_seen = time.monotonic()
+
+    def push(self, data: bytes) -> bool:
+        """Queue a message on the session's open stream; False when no stream is open."""
+        if not self.streams:
+            return False
+        self.streams[-1].put_nowait(data)
+        return True
+
+    def supports(self, capability: str) -> bool:
+        return capability in self.client_capabilities
+
+
+class SessionLimitReached(Exception):
+    pass
+
+
+class SessionRegistry:
+    def __init__(self, max_sessions: int, idle_timeout_s: float) -> None:
+        self.max_sessions = max_sessions
+        self.idle_timeout_s = idle_timeout_s
+        self._sessions: dict[str, AgentSession] = {}
+
+    def __len__(self) -> int:
+        return len(self._sessions)
+
+    def __iter__(self) -> Iterator[AgentSession]:
+        return iter(list(self._sessions.values()))
+
+    def open(self, principal: str, tenant: str, target: str, transport: str) -> AgentSession:
+        if len(self._sessions) >= self.max_sessions:
+            raise SessionLimitReached(f"the gateway holds its maximum of {self.max_sessions} sessions")
+        session = AgentSession(secrets.token_hex(16), principal, tenant, target, transport)
+        self._sessions[session.id] = session
+        return session
+
+    def get(self, session_id: str, principal: str, target: str) -> AgentSession | None:
+        session = self._sessions.get(session_id)
+        if session is None or session.principal != principal or session.target != target:
+            return None
+        session.touch()
+        return session
+
+    def close(self, session_id: str) -> AgentSession | None:
+        session = self._sessions.pop(session_id, None)
+        if session is not None:
+            for stream in session.streams:
+                stream.put_nowait(None)
+            for waiter in session.awaiting.values():
+                if not waiter.done():
+                    waiter.set_exception(ConnectionError("the session was closed"))
+            for task in session.inflight.values():
+                task.cancel()
+        return session
+
+    def expired(self) -> list[AgentSession]:
+        cutoff = time.monotonic() - self.idle_timeout_s
+        return [s for s in self._sessions.values() if s.last_seen < cutoff and not s.streams]

@@ -1,0 +1,1 @@
+"""upstreams: connectors to MCP servers (stdio processes, Streamable HTTP, SSE)."""
