@@ -32,7 +32,7 @@ from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal, get_args
 
 import anyio
-from mcp.server import NotificationOptions, ServerRequestContext
+from mcp.server import InitializationOptions, NotificationOptions, ServerRequestContext
 from mcp.server.caching import CacheHint
 from mcp.server.mcpserver import (
     Context,
@@ -52,6 +52,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from mcp.shared.exceptions import MCPDeprecationWarning, MCPError
 from mcp_types import (
     INTERNAL_ERROR,
+    INVALID_PARAMS,
     MISSING_REQUIRED_CLIENT_CAPABILITY,
     AudioContent,
     Completion,
@@ -341,8 +342,18 @@ def _elicited(answer: object, key: str) -> Any:
     return None
 
 
+def _require_input_required(ctx: Context) -> None:
+    # A handshake-era connection has no InputRequiredResult; answer with a readable tool error
+    # instead of letting the SDK reject the result shape as an internal error.
+    if not _is_modern(ctx):
+        raise ToolError(
+            f"This fixture needs protocol 2026-07-28; this connection speaks {ctx.protocol_version}"
+        )
+
+
 async def test_input_required_result_elicitation(ctx: Context) -> str | InputRequiredResult:
     """Tests InputRequiredResult with a single elicitation request"""
+    _require_input_required(ctx)
     responses = ctx.input_responses or {}
     if "user_name" in responses:
         return f"Hello, {_elicited(responses['user_name'], 'name') or 'stranger'}!"
@@ -353,11 +364,12 @@ async def test_input_required_result_elicitation(ctx: Context) -> str | InputReq
 
 async def test_input_required_result_sampling(ctx: Context) -> str | InputRequiredResult:
     """Tests InputRequiredResult with a single sampling request"""
+    _require_input_required(ctx)
     responses = ctx.input_responses or {}
     if "capital_question" in responses:
         answer = responses["capital_question"]
-        ok = isinstance(answer, CreateMessageResult) and answer.content.type == "text"
-        return f"Model said: {answer.content.text if ok else '?'}"  # type: ignore[union-attr]
+        content = answer.content if isinstance(answer, CreateMessageResult) else None
+        return f"Model said: {content.text if isinstance(content, TextContent) else '?'}"
     return InputRequiredResult(
         input_requests={"capital_question": _sampling_request("What is the capital of France?", 100)}
     )
@@ -365,6 +377,7 @@ async def test_input_required_result_sampling(ctx: Context) -> str | InputRequir
 
 async def test_input_required_result_list_roots(ctx: Context) -> str | InputRequiredResult:
     """Tests InputRequiredResult with a single roots/list request"""
+    _require_input_required(ctx)
     responses = ctx.input_responses or {}
     if "client_roots" in responses:
         answer = responses["client_roots"]
@@ -375,6 +388,7 @@ async def test_input_required_result_list_roots(ctx: Context) -> str | InputRequ
 
 async def test_input_required_result_request_state(ctx: Context) -> str | InputRequiredResult:
     """Tests requestState round-tripping in the InputRequiredResult flow"""
+    _require_input_required(ctx)
     responses = ctx.input_responses or {}
     if "confirm" in responses and ctx.request_state == "request-state-nonce":
         return "state-ok: confirmation received"
@@ -386,6 +400,7 @@ async def test_input_required_result_request_state(ctx: Context) -> str | InputR
 
 async def test_input_required_result_multiple_inputs(ctx: Context) -> str | InputRequiredResult:
     """Tests InputRequiredResult carrying elicitation, sampling and roots requests together"""
+    _require_input_required(ctx)
     responses = ctx.input_responses or {}
     if {"user_name", "greeting", "client_roots"} <= responses.keys():
         return "All inputs received."
@@ -401,6 +416,7 @@ async def test_input_required_result_multiple_inputs(ctx: Context) -> str | Inpu
 
 async def test_input_required_result_multi_round(ctx: Context) -> str | InputRequiredResult:
     """Tests a three-round InputRequiredResult flow with evolving requestState"""
+    _require_input_required(ctx)
     state: dict[str, Any] = json.loads(ctx.request_state) if ctx.request_state else {"round": 0}
     responses = ctx.input_responses or {}
     if state.get("round") == 1 and "step1" in responses:
@@ -419,6 +435,7 @@ async def test_input_required_result_multi_round(ctx: Context) -> str | InputReq
 
 async def test_input_required_result_tampered_state(ctx: Context) -> str | InputRequiredResult:
     """Tests that the server rejects a tampered requestState echo"""
+    _require_input_required(ctx)
     # Plaintext here on purpose: the SDK seals requestState on the way out and rejects a
     # tampered echo at its request-state boundary before this handler ever runs.
     if ctx.request_state is None:
@@ -431,6 +448,7 @@ async def test_input_required_result_tampered_state(ctx: Context) -> str | Input
 
 async def test_input_required_result_capabilities(ctx: Context) -> InputRequiredResult:
     """Tests that inputRequests only include methods the client declared support for"""
+    _require_input_required(ctx)
     caps = ctx.client_capabilities
     requests: dict[str, InputRequest] = {}
     if caps is None or caps.sampling is not None:
@@ -442,6 +460,8 @@ async def test_input_required_result_capabilities(ctx: Context) -> InputRequired
 
 async def test_input_required_result_prompt(ctx: Context) -> list[UserMessage] | InputRequiredResult:
     """Tests InputRequiredResult from prompts/get (SEP-2322 non-tool request)"""
+    if not _is_modern(ctx):
+        raise MCPError(code=INVALID_PARAMS, message="This prompt needs protocol 2026-07-28")
     responses = ctx.input_responses or {}
     if "user_context" in responses:
         text = _elicited(responses["user_context"], "context") or "?"
@@ -898,7 +918,7 @@ _TEMPLATE_ID_SUGGESTIONS = ("1", "2", "42", "123", "456")
 
 
 def _add_completions(server: MCPServer) -> None:
-    @server.completion()  # type: ignore[untyped-decorator]
+    @server.completion()  # type: ignore[no-untyped-call, untyped-decorator]
     async def complete(
         ref: PromptReference | ResourceTemplateReference,
         argument: CompletionArgument,
@@ -950,7 +970,7 @@ def _add_legacy_surface(server: MCPServer, state: ReferenceState) -> None:
         notification_options: NotificationOptions | None = None,
         experimental_capabilities: dict[str, dict[str, Any]] | None = None,
         extensions: dict[str, dict[str, Any]] | None = None,
-    ) -> Any:
+    ) -> InitializationOptions:
         return build_options(
             notification_options or legacy_notifications, experimental_capabilities, extensions
         )
@@ -1044,7 +1064,10 @@ def build_http_app(
 async def _serve_http(app: Starlette, host: str, port: int, log_level: str) -> None:
     import uvicorn
 
-    config = uvicorn.Config(app, host=host, port=port, log_level=log_level.lower(), lifespan="on")
+    # Access logs only when debugging: under benchmark load they cost more than the requests.
+    config = uvicorn.Config(
+        app, host=host, port=port, log_level=log_level.lower(), lifespan="on", access_log=log_level == "DEBUG"
+    )
     await uvicorn.Server(config).serve()
 
 
@@ -1100,6 +1123,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 json_response=args.json_response,
                 max_stored_events=args.max_stored_events,
             )
+            if args.host not in LOOPBACK_HOSTS:
+                logger.warning("Binding %s: the server is reachable beyond this machine", args.host)
             logger.info("Serving both protocol eras on http://%s:%d%s", args.host, args.port, args.path)
             anyio.run(_serve_http, app, args.host, args.port, args.log_level)
     except KeyboardInterrupt:

@@ -129,7 +129,9 @@ class _Task:
         self.updated_at = _now()
 
     def expired(self, now: datetime) -> bool:
-        return self.status in _TERMINAL and (now - self.updated_at).total_seconds() * 1000 > self.ttl_ms
+        # A running round always finishes; anything else (finished, or parked on a client that
+        # may never answer) lives for ttlMs after its last change.
+        return self.status != "working" and (now - self.updated_at).total_seconds() * 1000 > self.ttl_ms
 
     def envelope(self, poll_interval_ms: int) -> dict[str, Any]:
         return {
@@ -254,6 +256,19 @@ class TasksExtension(Extension):
     async def _run_round(
         self, task: _Task, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
     ) -> None:
+        try:
+            await self._settle_round(task, ctx, params)
+        except Exception:
+            # This runs in the server-wide task group: an escaping error would take the server down.
+            logger.exception("Task %s: round failed", task.task_id)
+            task.error = _dump(ErrorData(code=INTERNAL_ERROR, message="Task execution failed"))
+            task.touch("failed")
+        finally:
+            task.first_round_done.set()
+
+    async def _settle_round(
+        self, task: _Task, ctx: ServerRequestContext[Any, Any], params: CallToolRequestParams
+    ) -> None:
         server = self._server
         assert server is not None
         context: Context = Context(request_context=ctx, mcp_server=server, input_params=params)
@@ -264,18 +279,19 @@ class TasksExtension(Extension):
                 outcome = await server.call_tool(task.tool, task.arguments, context)
             except MCPError as exc:
                 outcome = exc.error
-            except UnexpectedToolError:
-                logger.exception("Task %s: tool %r crashed", task.task_id, task.tool)
-                outcome = ErrorData(code=INTERNAL_ERROR, message=f"Tool {task.tool!r} crashed")
-            except ToolError as exc:
-                outcome = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+            except Exception as exc:
+                if isinstance(exc, ToolError) and not isinstance(exc, UnexpectedToolError):
+                    # The tool ran and reported a failure: that completes the task, with isError.
+                    outcome = CallToolResult(content=[TextContent(type="text", text=str(exc))], is_error=True)
+                else:
+                    logger.exception("Task %s: tool %r crashed", task.task_id, task.tool)
+                    outcome = ErrorData(code=INTERNAL_ERROR, message=f"Tool {task.tool!r} crashed")
         task.scope = None
         if scope.cancelled_caught or task.status == "cancelled":
             return
 
-        first = not task.first_round_done.is_set()
         if isinstance(outcome, InputRequiredResult):
-            if first:
+            if not task.first_round_done.is_set():
                 task.first_round = outcome
             task.pending = {key: _dump(request) for key, request in (outcome.input_requests or {}).items()}
             task.answers = {}
@@ -287,7 +303,6 @@ class TasksExtension(Extension):
         else:
             task.result = _dump(outcome)
             task.touch("completed")
-        task.first_round_done.set()
 
     # ---- tasks/* --------------------------------------------------------------------------
 

@@ -332,7 +332,8 @@ class Dispatcher:
     def _modernize(self, method: str, body: JsonObject, ctx: CallContext) -> None:
         result = body.get("result")
         if isinstance(result, dict):
-            result.setdefault("resultType", "complete")
+            if result.setdefault("resultType", "complete") != "complete":
+                return  # input_required results carry no cache hints
             if method in CACHEABLE:
                 result.setdefault("ttlMs", int(self.catalog.ttl_s * 1000))
                 result.setdefault("cacheScope", "private")

@@ -21,6 +21,7 @@ from ingress.catalog import Catalog
 from ingress.config import HttpServerConfig, IngressConfig, StdioServerConfig
 from ingress.dispatch import Dispatcher
 from ingress.eras import META_SUBSCRIPTION_ID
+from ingress.mrtr import HeldCalls
 from ingress.naming import Naming
 from ingress.recorder import Recorder, system_context
 from ingress.sessions import AgentSession, Outbox, SessionRegistry
@@ -77,6 +78,7 @@ class Gateway:
         self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits)
         self.sessions = SessionRegistry(config.limits.max_sessions, config.limits.session_idle_timeout_s)
         self.listeners: set[Listener] = set()
+        self.held_calls = HeldCalls(ttl_s=config.limits.request_timeout_s)
         self._janitor: asyncio.Task[None] | None = None
         for name, server in config.servers.items():
             self.upstreams[name] = self._connector(name, server)
@@ -117,6 +119,7 @@ class Gateway:
             await self.close_session(session, "gateway stopping")
         for listener in list(self.listeners):
             listener.outbox.put_nowait(None)
+        self.held_calls.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
         await self.recorder.lifecycle(EventType.SESSION_CLOSED, system_context(), detail="gateway stopped")
         await self.recorder.drain()

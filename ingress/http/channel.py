@@ -18,6 +18,7 @@ from mcp_types import METHOD_NOT_FOUND
 from ingress.dispatch import Reply
 from ingress.gateway import level_allows
 from ingress.jsonrpc import JsonObject, error_body
+from ingress.mrtr import HeldCall
 from ingress.recorder import Recorder
 from ingress.sessions import AgentSession
 from ingress.upstreams.base import CallContext
@@ -41,6 +42,7 @@ class AgentChannel:
         self.ctx = ctx
         self.session = session
         self.answer_timeout_s = answer_timeout_s
+        self.held: HeldCall | None = None
 
     async def _emit(self, wire: bytes) -> None:
         raise NotImplementedError
@@ -62,10 +64,7 @@ class AgentChannel:
         capability = _CAPABILITY_OF.get(method)
         session = self.session
         if session is None:
-            # A stateless (modern) agent cannot be asked mid-call; MRTR bridging is not offered here.
-            return error_body(body.get("id"), METHOD_NOT_FOUND,
-                              f"{method} is not available: the agent uses the stateless protocol and cannot "
-                              "answer server-to-client requests mid-call")
+            return await self._ask_modern_agent(method, capability, body)
         if capability is not None and not session.supports(capability):
             return error_body(body.get("id"), METHOD_NOT_FOUND,
                               f"the agent did not declare the {capability!r} capability")
@@ -83,6 +82,24 @@ class AgentChannel:
         self.recorder.agent_received(self.ctx, answer, raw)
         return dict(answer)
 
+    async def _ask_modern_agent(self, method: str, capability: str | None, body: JsonObject) -> JsonObject:
+        """A stateless agent is asked through MRTR: the held call returns `input_required`."""
+        held = self.held
+        declared = self.ctx.client_capabilities or {}
+        if held is None or capability is None:
+            return error_body(body.get("id"), METHOD_NOT_FOUND,
+                              f"{method} cannot reach the agent: it uses protocol 2026-07-28 and "
+                              f"{self.ctx.method or 'this request'} cannot return input_required")
+        if capability not in declared:
+            return error_body(body.get("id"), METHOD_NOT_FOUND,
+                              f"the agent did not declare the {capability!r} client capability")
+        params = body.get("params")
+        request: JsonObject = {"method": method}
+        if isinstance(params, dict) and params:
+            request["params"] = params
+        answer = await asyncio.wait_for(held.ask(request), self.answer_timeout_s)
+        return {"jsonrpc": "2.0", "id": body.get("id"), "result": answer}
+
     async def finish(self, reply: Reply) -> web.StreamResponse:
         raise NotImplementedError
 
@@ -93,7 +110,7 @@ class PostChannel(AgentChannel):
     def __init__(self, request: web.Request, recorder: Recorder, ctx: CallContext, session: AgentSession | None,
                  answer_timeout_s: float, headers: dict[str, str] | None = None) -> None:
         super().__init__(recorder, ctx, session, answer_timeout_s)
-        self.request = request
+        self.http_request = request
         self.headers = headers or {}
         self.stream: web.StreamResponse | None = None
         accept = request.headers.get("Accept", "")
@@ -103,7 +120,7 @@ class PostChannel(AgentChannel):
     async def _start_stream(self) -> web.StreamResponse:
         if self.stream is None:
             stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})
-            await stream.prepare(self.request)
+            await stream.prepare(self.http_request)
             self.stream = stream
         return self.stream
 

@@ -13,7 +13,7 @@ import logging
 
 import orjson
 from aiohttp import web
-from mcp_types import INVALID_REQUEST
+from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 from ingress import eras
 from ingress.dispatch import Reply
@@ -21,7 +21,8 @@ from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway, Listener
 from ingress.http.admission import admit, base_context, read_body, refuse
 from ingress.http.channel import SSE_HEADERS, PostChannel, sse_event
-from ingress.jsonrpc import Invalid, Message, error_body, parse_message
+from ingress.jsonrpc import Invalid, Message, error_body, parse_message, result_body
+from ingress.mrtr import MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
 from ingress.upstreams.base import CallContext
@@ -122,6 +123,8 @@ class McpEndpoint:
     async def _request(self, request: web.Request, msg: Message, ctx: CallContext, target: str,
                        session: AgentSession | None, handshake: bool) -> web.StreamResponse:
         gateway = self.gateway
+        if ctx.era == "modern" and msg.method in MRTR_METHODS:
+            return await self._request_mrtr(request, msg, ctx, target)
         headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
         channel = PostChannel(request, gateway.recorder, ctx, session, gateway.config.limits.request_timeout_s,
                               headers)
@@ -145,6 +148,49 @@ class McpEndpoint:
         if handshake and session is not None:
             await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, detail=f"protocol "
                                              f"{session.protocol_version}", server=target)
+        return await channel.finish(reply)
+
+    async def _request_mrtr(self, request: web.Request, msg: Message, ctx: CallContext,
+                            target: str) -> web.StreamResponse:
+        """A call that may need the agent's input: run it held, answer input_required if it asks."""
+        gateway = self.gateway
+        timeout = gateway.config.limits.request_timeout_s
+        state = msg.params.get("requestState")
+        ask_again: list[str] = []
+        if isinstance(state, str) and state.startswith(STATE_PREFIX):
+            held = gateway.held_calls.find(state, ctx.principal, msg.method)
+            responses = msg.params.get("inputResponses", {})
+            if held is None or not isinstance(responses, dict):
+                problem = ("inputResponses must be an object" if held is not None else
+                           "requestState is unknown, expired or was altered; call again without it")
+                ctx.deferred.clear()
+                return await refuse(gateway, ctx, 400, INVALID_PARAMS, problem, Outcome.REFUSED, msg.dumps(),
+                                    msg.body, msg.id)
+            held.ctx.deferred.extend(ctx.deferred)
+            ctx.deferred.clear()
+            channel = PostChannel(request, gateway.recorder, held.ctx, None, timeout)
+            held.ctx.handler = channel
+            held.answer(responses)
+            ask_again = [k for k in held.unanswered() if k not in held.fresh]
+        else:
+            held = HeldCall(ctx.principal, msg.method, ctx)
+            channel = PostChannel(request, gateway.recorder, ctx, None, timeout)
+            ctx.handler = channel
+            held.task = asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, None))
+        channel.held = held
+        try:
+            outcome = None if ask_again else await next_outcome(held)
+        except asyncio.CancelledError:
+            gateway.held_calls.drop(held)  # the agent closed the stream: that cancels the call
+            raise
+        if outcome is None:
+            keys = ask_again + held.fresh
+            held.fresh.clear()
+            result = input_required(held, gateway.held_calls.register(held), keys)
+            return await channel.finish(Reply(result_body(msg.id, result)))
+        gateway.held_calls.drop(held)
+        reply: Reply = outcome
+        reply.body["id"] = msg.id
         return await channel.finish(reply)
 
     async def _agent_answer(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> web.Response:

@@ -101,7 +101,7 @@ class HttpUpstreamBase:
             )
         self._supervisor = asyncio.create_task(self._supervise(), name=f"upstream-{self.name}")
 
-    async def wait_ready(self, timeout: float) -> bool:
+    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - the Upstream protocol
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._ready.wait()
@@ -167,7 +167,8 @@ class HttpUpstreamBase:
             detail = f"cannot connect to {self._url}: {exc.os_error or exc}"
             self._connection_lost(generation, detail)
             return UpstreamUnavailable(self.name, detail, retryable=True)
-        return UpstreamUnavailable(self.name, f"connection to {self._url} failed: {describe(exc)}", retryable=False)
+        detail = f"connection to {self._url} failed: {describe(exc)}"
+        return UpstreamUnavailable(self.name, detail, retryable=False)
 
     async def _supervise(self) -> None:
         attempt = 0
@@ -206,7 +207,7 @@ class HttpUpstreamBase:
 
     def _backoff(self, attempt: int) -> float:
         base = min(self.backoff_max_s, self.backoff_initial_s * 2 ** min(attempt, 32))
-        return base * random.uniform(0.8, 1.2)
+        return float(base * random.uniform(0.8, 1.2))
 
     async def _pause(self, delay: float) -> None:
         # A request arriving while down may cut the wait short, but never below the initial

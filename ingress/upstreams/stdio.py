@@ -12,6 +12,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
+import sys
 import time
 from collections import OrderedDict
 from collections.abc import Callable
@@ -41,13 +43,18 @@ class _Instance:
         self.owner = owner
         self.key = key
         config = owner.config
+        env = dict(config.env)
+        if "PATH" not in env:
+            # Commands installed beside the gateway (same venv) resolve even when the venv is
+            # not activated, as they would for an agent that launched them itself.
+            env["PATH"] = os.pathsep.join((os.path.dirname(sys.executable), os.environ.get("PATH", "")))
         self.peer = JsonRpcPeer(owner.name, self._send, owner.tap, owner.on_unsolicited, owner.system_ctx)
         self.peer.close("starting")
         self.process = StdioProcess(
             owner.name if not key else f"{owner.name}[{key[:8]}]",
             config.command,
             config.args,
-            config.env,
+            env,
             config.cwd,
             on_line=self.peer.feed,
             on_state=self._on_state,

@@ -432,7 +432,9 @@ async def test_stop_during_the_first_spawn_fails_start(spawn: Factory) -> None:
 
 
 async def test_send_after_the_server_closed_its_stdin(spawn: Factory) -> None:
-    proc, rec = spawn("import os, time; os.close(0); print('closed', flush=True); time.sleep(60)")
+    # uvloop hands the child extra duplicates of its stdio sockets; close those too.
+    script = "import os, time; os.closerange(3, 4096); os.close(0); print('closed', flush=True); time.sleep(60)"
+    proc, rec = spawn(script)
     await proc.start()
     assert await rec.line() == b"closed"
     with pytest.raises(UpstreamUnavailable):

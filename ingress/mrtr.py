@@ -1,0 +1,137 @@
+"""Held calls: server-to-client requests from a legacy upstream, offered to a modern agent as MRTR.
+
+A 2026-07-28 agent cannot be asked anything mid-call; it is told `input_required` instead and
+retries the call with `inputResponses` and the `requestState` it was given. When a legacy
+upstream asks (sampling, elicitation, roots) during such a call, the gateway keeps the upstream
+call open ("held"), answers the agent with an `InputRequiredResult`, and on the retry feeds the
+answers to the waiting upstream and carries on. `requestState` is an opaque handle sealed with an
+HMAC and bound to the principal and the method, so a forged or replayed state is refused.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hashlib
+import hmac
+import itertools
+import secrets
+from dataclasses import dataclass, field
+from typing import Any
+
+from ingress.upstreams.base import CallContext, JsonObject
+
+MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
+STATE_PREFIX = "mcpgw1."
+
+
+@dataclass(eq=False)
+class HeldCall:
+    principal: str
+    method: str
+    ctx: CallContext
+    task: asyncio.Task[Any] | None = None
+    handle: str = field(default_factory=lambda: secrets.token_hex(12))
+    asked: dict[str, tuple[JsonObject, asyncio.Future[JsonObject]]] = field(default_factory=dict)
+    fresh: list[str] = field(default_factory=list)  # keys not yet shown to the agent
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+    expiry: asyncio.TimerHandle | None = None
+    _keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def ask(self, request: JsonObject) -> asyncio.Future[JsonObject]:
+        """Queue one input request for the agent; the future gets the agent's answer."""
+        key = f"input-{next(self._keys)}"
+        future: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
+        self.asked[key] = (request, future)
+        self.fresh.append(key)
+        self.changed.set()
+        return future
+
+    def answer(self, responses: JsonObject) -> None:
+        for key, value in responses.items():
+            entry = self.asked.get(key)
+            if entry is not None and not entry[1].done():
+                entry[1].set_result(value if isinstance(value, dict) else {"value": value})
+
+    def unanswered(self) -> dict[str, JsonObject]:
+        return {k: req for k, (req, fut) in self.asked.items() if not fut.done()}
+
+
+class HeldCalls:
+    """The registry of held calls of this ingress process."""
+
+    def __init__(self, ttl_s: float, secret: bytes | None = None) -> None:
+        self.ttl_s = ttl_s
+        self._secret = secret or secrets.token_bytes(32)
+        self._calls: dict[str, HeldCall] = {}
+
+    def __len__(self) -> int:
+        return len(self._calls)
+
+    def seal(self, call: HeldCall) -> str:
+        mac = hmac.new(self._secret, f"{call.handle}|{call.principal}|{call.method}".encode(), hashlib.sha256)
+        return f"{STATE_PREFIX}{call.handle}.{mac.hexdigest()[:32]}"
+
+    def register(self, call: HeldCall) -> str:
+        if call.handle not in self._calls:
+            self._calls[call.handle] = call
+        self._arm(call)
+        return self.seal(call)
+
+    def _arm(self, call: HeldCall) -> None:
+        if call.expiry is not None:
+            call.expiry.cancel()
+        call.expiry = asyncio.get_running_loop().call_later(self.ttl_s, self.drop, call)
+
+    def find(self, state: object, principal: str, method: str) -> HeldCall | None:
+        if not isinstance(state, str) or not state.startswith(STATE_PREFIX):
+            return None
+        handle, _, _mac = state[len(STATE_PREFIX):].partition(".")
+        call = self._calls.get(handle)
+        if call is None or call.principal != principal or call.method != method:
+            return None
+        if not hmac.compare_digest(self.seal(call), state):
+            return None
+        self._arm(call)
+        return call
+
+    def drop(self, call: HeldCall) -> None:
+        """Forget a held call; if the agent never came back, cancel it upstream."""
+        self._calls.pop(call.handle, None)
+        if call.expiry is not None:
+            call.expiry.cancel()
+        if call.task is not None and not call.task.done():
+            call.task.cancel()
+        for _request, future in call.asked.values():
+            if not future.done():
+                future.cancel()
+
+    def close(self) -> None:
+        for call in list(self._calls.values()):
+            self.drop(call)
+
+
+async def next_outcome(call: HeldCall) -> Any:
+    """Wait until the held call finishes (its `Reply`) or needs input (None)."""
+    assert call.task is not None
+    while True:
+        if call.task.done():
+            return call.task.result()
+        if call.fresh:
+            return None
+        call.changed.clear()
+        waiter = asyncio.ensure_future(call.changed.wait())
+        try:
+            await asyncio.wait({call.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            waiter.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await waiter
+
+
+def input_required(call: HeldCall, state: str, keys: list[str]) -> JsonObject:
+    requests: JsonObject = {}
+    for key in keys:
+        request, _future = call.asked[key]
+        requests[key] = request
+    return {"resultType": "input_required", "inputRequests": requests, "requestState": state}
