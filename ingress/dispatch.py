@@ -43,6 +43,14 @@ AGGREGATE_CAPABILITIES: JsonObject = {
 }
 CACHEABLE = frozenset({*LIST_METHODS, "resources/read", "server/discover"})
 _RESOURCE_NOT_FOUND_LEGACY = -32002
+MAX_INPUT_ROUNDS = 10
+LISTEN_TIMEOUT_S = 7 * 24 * 3600.0  # a listen stream lasts until either side closes it
+_MODERN_ONLY_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
+
+
+def _needs_input(response: JsonObject) -> bool:
+    result = response.get("result")
+    return isinstance(result, dict) and result.get("resultType") == "input_required"
 
 
 @dataclass(slots=True)
@@ -97,7 +105,12 @@ class Dispatcher:
             else:
                 reply = await handler(msg, ctx, session)
         if ctx.era == "modern":
-            self._modernize(msg.method, reply.body, ctx)
+            self._modernize(msg.method, reply.body, ctx, target)
+        else:
+            result = reply.body.get("result")
+            if isinstance(result, dict):
+                for key in _MODERN_ONLY_RESULT_KEYS:
+                    result.pop(key, None)
         return reply
 
     def _unknown_method(self, msg: Message, ctx: CallContext) -> Reply:
@@ -288,7 +301,9 @@ class Dispatcher:
             session.log_level = params.get("level") if isinstance(params.get("level"), str) else None
         return await self._forward(target, msg.body, ctx)
 
-    def _timeout(self, upstream: Upstream) -> float:
+    def _timeout(self, upstream: Upstream, method: str = "") -> float:
+        if method == "subscriptions/listen":
+            return LISTEN_TIMEOUT_S
         config = getattr(upstream, "config", None)
         return getattr(config, "request_timeout_s", None) or self.limits.request_timeout_s
 
@@ -316,7 +331,8 @@ class Dispatcher:
         if upstream is None:
             return _error(request_id, INVALID_PARAMS, f"unknown server {server!r}", Outcome.REFUSED)
         try:
-            response = await upstream.request(self._for_upstream(body, upstream), ctx, self._timeout(upstream))
+            response = await upstream.request(self._for_upstream(body, upstream), ctx,
+                                              self._timeout(upstream, str(body.get("method", ""))))
         except UpstreamTimeout as exc:
             return _error(request_id, errors.UPSTREAM_TIMEOUT,
                           f"upstream {server!r} did not answer in time: {exc.detail}", Outcome.TIMEOUT,
@@ -324,14 +340,53 @@ class Dispatcher:
         except UpstreamError as exc:
             return _error(request_id, errors.UPSTREAM_UNAVAILABLE, f"upstream {server!r} is unavailable: "
                           f"{exc.detail}", Outcome.UPSTREAM_ERROR, data={"server": server, "retryable": exc.retryable})
+        if ctx.era != "modern" and _needs_input(response) and ctx.handler is not None:
+            response = await self._answer_input_required(server, upstream, body, response, ctx)
         outcome = Outcome.UPSTREAM_ERROR if "error" in response else Outcome.OK
         return Reply(response, outcome)
 
+    async def _answer_input_required(self, server: str, upstream: Upstream, body: JsonObject,
+                                     response: JsonObject, ctx: CallContext) -> JsonObject:
+        """A modern upstream asks a legacy agent: ask it as server-to-client requests, then retry."""
+        assert ctx.handler is not None
+        request_id = body.get("id")
+        for round_no in range(1, MAX_INPUT_ROUNDS + 1):
+            result = response["result"]
+            answers: JsonObject = {}
+            for key, asked in (result.get("inputRequests") or {}).items():
+                if not isinstance(asked, dict):
+                    continue
+                question = {"jsonrpc": "2.0", "id": f"input-{key}", "method": asked.get("method"),
+                            "params": asked.get("params") or {}}
+                answer = await ctx.handler.request(server, question)
+                if "result" not in answer:
+                    error = answer.get("error") or {}
+                    return error_body(request_id, error.get("code", INVALID_PARAMS),
+                                      f"the agent could not answer {asked.get('method')}: {error.get('message')}")
+                answers[key] = answer["result"]
+            params = {**(body.get("params") or {}), "inputResponses": answers}
+            if "requestState" in result:
+                params["requestState"] = result["requestState"]
+            retry = {**body, "id": f"{request_id}~{round_no}", "params": params}
+            try:
+                response = await upstream.request(retry, ctx, self._timeout(upstream))
+            except UpstreamError as exc:
+                return error_body(request_id, errors.UPSTREAM_UNAVAILABLE, f"upstream {server!r}: {exc.detail}")
+            response["id"] = request_id
+            if not _needs_input(response):
+                return response
+        return error_body(request_id, errors.UPSTREAM_UNAVAILABLE,
+                          f"upstream {server!r} still wanted input after {MAX_INPUT_ROUNDS} rounds")
+
     # -- era translation of answers -----------------------------------------------------------------
 
-    def _modernize(self, method: str, body: JsonObject, ctx: CallContext) -> None:
+    def _modernize(self, method: str, body: JsonObject, ctx: CallContext, target: str) -> None:
         result = body.get("result")
         if isinstance(result, dict):
+            meta = result.get("_meta")
+            if not isinstance(meta, dict) or META_SERVER_INFO not in meta:
+                result["_meta"] = {**(meta if isinstance(meta, dict) else {}),
+                                   META_SERVER_INFO: self._identity(target)[0]}
             if result.setdefault("resultType", "complete") != "complete":
                 return  # input_required results carry no cache hints
             if method in CACHEABLE:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +28,7 @@ from ingress.recorder import Recorder, system_context
 from ingress.sessions import AgentSession, Outbox, SessionRegistry
 from ingress.sink import EventSink
 from ingress.upstreams.base import CallContext, JsonObject, Upstream, UpstreamInfo, UpstreamState, UpstreamStatus
+from ingress.upstreams.errors import UpstreamError
 from ingress.upstreams.stdio import StdioUpstream
 from schemas.events import EventType, Outcome
 
@@ -79,6 +81,7 @@ class Gateway:
         self.sessions = SessionRegistry(config.limits.max_sessions, config.limits.session_idle_timeout_s)
         self.listeners: set[Listener] = set()
         self.held_calls = HeldCalls(ttl_s=config.limits.request_timeout_s)
+        self._resource_refs: Counter[tuple[str, str]] = Counter()
         self._janitor: asyncio.Task[None] | None = None
         for name, server in config.servers.items():
             self.upstreams[name] = self._connector(name, server)
@@ -184,6 +187,44 @@ class Gateway:
             wire = orjson.dumps(out)
             await self.recorder.agent_sent(listener.ctx, out, wire, final=False)
             listener.outbox.put_nowait(wire)
+
+    async def subscribe_resources(self, uris: list[str], target: str) -> list[tuple[str, str]]:
+        """Subscribe legacy upstreams to resources a modern listener wants; counted per (server, uri)."""
+        done: list[tuple[str, str]] = []
+        for uri in uris:
+            server = target
+            if not server:
+                routed = await self.catalog.route("resource", uri)
+                server = getattr(routed, "server", "")
+            upstream = self.upstreams.get(server)
+            info = upstream.info if upstream is not None else None
+            if upstream is None or info is None or info.era != "legacy":
+                continue
+            resources = info.capabilities.get("resources")
+            if not isinstance(resources, dict) or not resources.get("subscribe"):
+                continue
+            if self._resource_refs[(server, uri)] == 0:
+                await self._resource_call(upstream, server, "resources/subscribe", uri)
+            self._resource_refs[(server, uri)] += 1
+            done.append((server, uri))
+        return done
+
+    async def unsubscribe_resources(self, subscribed: list[tuple[str, str]]) -> None:
+        for server, uri in subscribed:
+            self._resource_refs[(server, uri)] -= 1
+            if self._resource_refs[(server, uri)] <= 0:
+                del self._resource_refs[(server, uri)]
+                upstream = self.upstreams.get(server)
+                if upstream is not None:
+                    await self._resource_call(upstream, server, "resources/unsubscribe", uri)
+
+    async def _resource_call(self, upstream: Upstream, server: str, method: str, uri: str) -> None:
+        body = {"jsonrpc": "2.0", "id": f"gw-{method}", "method": method, "params": {"uri": uri}}
+        try:
+            await upstream.request(body, system_context(method=method, server=server, resource_uri=uri),
+                                   min(10.0, self.config.limits.request_timeout_s))
+        except UpstreamError as exc:
+            log.warning("%s %s on %s failed: %s", method, uri, server, exc)
 
     def readiness(self) -> dict[str, Any]:
         servers: Mapping[str, Any] = {

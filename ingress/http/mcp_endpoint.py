@@ -110,7 +110,7 @@ class McpEndpoint:
                 await gateway.dispatcher.notification(msg, ctx, target, session)
                 await gateway.recorder.flush(ctx)
                 return web.Response(status=202)
-            if msg.method == "subscriptions/listen" and detected.era == "modern":
+            if msg.method == "subscriptions/listen" and detected.era == "modern" and not self._passes_listen(target):
                 return await self._listen(request, msg, ctx, target)
             return await self._request(request, msg, ctx, target, session, detected.handshake)
         except SinkUnavailable as exc:
@@ -203,6 +203,11 @@ class McpEndpoint:
         waiter.set_result((msg.body, msg.dumps()))
         return web.Response(status=202)
 
+    def _passes_listen(self, target: str) -> bool:
+        """A modern upstream on its own endpoint runs its own subscriptions: relay its stream as is."""
+        upstream = self.gateway.upstreams.get(target) if target else None
+        return upstream is not None and upstream.info is not None and upstream.info.era == "modern"
+
     async def _listen(self, request: web.Request, msg: Message, ctx: CallContext, target: str) -> web.StreamResponse:
         gateway = self.gateway
         wants = msg.params.get("notifications")
@@ -214,12 +219,16 @@ class McpEndpoint:
         ack = {"jsonrpc": "2.0", "method": "notifications/subscriptions/acknowledged",
                "params": {"_meta": {eras.META_SUBSCRIPTION_ID: msg.id}, "notifications": accepted}}
         ack_wire = orjson.dumps(ack)
-        await gateway.recorder.agent_sent(ctx, ack, ack_wire, final=False)
-        stream = web.StreamResponse(status=200, headers=SSE_HEADERS)
-        await stream.prepare(request)
-        await stream.write(sse_event(ack_wire))
+        uris = wants.get("resourceSubscriptions")
+        # Upstream subscriptions first: a change right after the ack must already reach us.
         gateway.listeners.add(listener)
+        subscribed = await gateway.subscribe_resources(
+            [u for u in uris if isinstance(u, str)] if isinstance(uris, list) else [], target)
         try:
+            await gateway.recorder.agent_sent(ctx, ack, ack_wire, final=False)
+            stream = web.StreamResponse(status=200, headers=SSE_HEADERS)
+            await stream.prepare(request)
+            await stream.write(sse_event(ack_wire))
             await _pump(stream, listener.outbox)
             # The gateway is ending the subscription: close it gracefully with a result.
             done = {"jsonrpc": "2.0", "id": msg.id, "result": {
@@ -231,6 +240,7 @@ class McpEndpoint:
                 await stream.write_eof()
         finally:
             gateway.listeners.discard(listener)
+            await asyncio.shield(gateway.unsubscribe_resources(subscribed))
         return stream
 
     # -- GET and DELETE (legacy sessions) ---------------------------------------------------------------

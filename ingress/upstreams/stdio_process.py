@@ -1,9 +1,8 @@
 """A supervised child process speaking newline-delimited JSON-RPC on stdin/stdout (MCP stdio).
 
-This is only an I/O adapter: it frames lines, restarts the process with backoff when it dies
-and shuts it down the way the MCP spec asks (close stdin, then SIGTERM, then SIGKILL). The
-MCP session (initialize, request ids, ...) belongs to the layer above, which must redo its
-handshake after every "running" transition because each one is a fresh process.
+Only an I/O adapter: it frames lines, restarts the process with backoff and shuts it down the
+way the MCP spec asks (close stdin, SIGTERM, SIGKILL). The MCP session belongs to the layer
+above, which must redo its handshake after every "running": each one is a fresh process.
 """
 
 from __future__ import annotations
@@ -34,12 +33,8 @@ _ORPHAN_POLL_S = 1.0
 
 @dataclass(frozen=True)
 class RestartPolicy:
-    """Exponential backoff between restarts.
-
-    ``max_restarts`` bounds consecutive restarts of a process that never stayed up for
-    ``stable_after_s`` (None = forever): a server that crashes once a week should not end up
-    permanently failed, so a stable run resets both the delay and the count.
-    """
+    """Exponential backoff. ``max_restarts`` (None = forever) counts only restarts since the
+    last run that lasted ``stable_after_s``: a weekly crash must not end in "failed" one day."""
 
     initial_delay_s: float = 0.25
     max_delay_s: float = 30.0
@@ -59,8 +54,7 @@ class RestartPolicy:
             base = min(self.max_delay_s, self.initial_delay_s * self.multiplier**attempt)
         except OverflowError:
             base = self.max_delay_s
-        # Jitter keeps many upstreams that died together (e.g. on a shared dependency) from
-        # restarting in lockstep.
+        # Jitter keeps upstreams that died together (a shared dependency) from restarting in step.
         return base * (rng or random).uniform(1 - self.jitter, 1 + self.jitter)
 
 
@@ -84,6 +78,9 @@ class _Child:
 
 
 class StdioProcess:
+    """One configured stdio server. ``on_line`` gets every non-empty stdout line (without its
+    newline) from the reader task; ``on_state`` gets every lifecycle transition, in order."""
+
     def __init__(
         self,
         name: str,
@@ -143,7 +140,7 @@ class StdioProcess:
             self._stopping = False
             self._restarts = 0
             self._first_spawn = asyncio.get_running_loop().create_future()
-            # Nobody may be left to await it (cancelled start()); mark the outcome as seen.
+            # Its awaiting start() may be cancelled: mark the outcome seen so asyncio won't warn.
             self._first_spawn.add_done_callback(lambda f: f.cancelled() or f.exception())
             self._supervisor = asyncio.create_task(
                 self._supervise(self._first_spawn), name=f"stdio:{self.name}:supervisor"
@@ -214,8 +211,8 @@ class StdioProcess:
             asyncio.create_task(self._pump(proc.stdout, self._on_line, "stdout"), name=f"{tag}:stdout"),
             asyncio.create_task(self._pump(proc.stderr, self._log_stderr, "stderr"), name=f"{tag}:stderr"),
         )
-        exit_task = asyncio.create_task(proc.wait(), name=f"{tag}:wait")
-        self._child = _Child(proc, asyncio.get_running_loop().time(), exit_task, readers)
+        wait = asyncio.create_task(proc.wait(), name=f"{tag}:wait")
+        self._child = _Child(proc, asyncio.get_running_loop().time(), wait, readers)
         await self._emit("running", pid=proc.pid)
 
     async def _supervise(self, first_spawn: asyncio.Future[None]) -> None:
@@ -319,14 +316,12 @@ class StdioProcess:
         await asyncio.wait(tasks)
 
     async def _pump(self, stream: asyncio.StreamReader, sink: Callable[[bytes], None], what: str) -> None:
-        skipping = False
+        skipping = False  # inside an over-limit line: everything up to its newline is dropped
         while True:
             try:
-                line = await stream.readuntil(b"\n")
-            except asyncio.IncompleteReadError as exc:
-                if exc.partial and not skipping:
-                    self._sink(sink, exc.partial)
-                return
+                line, eof = (await stream.readuntil(b"\n"))[:-1], False
+            except asyncio.IncompleteReadError as exc:  # EOF; the last line may lack its newline
+                line, eof = exc.partial, True
             except asyncio.LimitOverrunError as exc:
                 if not skipping:
                     limit = self.max_line_bytes
@@ -337,21 +332,15 @@ class StdioProcess:
             except Exception:
                 _log.exception("upstream %s: %s reader failed", self.name, what)
                 return
-            if skipping:
-                skipping = False
-            else:
-                self._sink(sink, line[:-1])
-
-    def _sink(self, sink: Callable[[bytes], None], line: bytes) -> None:
-        if line.endswith(b"\r"):
-            line = line[:-1]
-        if not line or line.isspace():
-            return
-        try:
-            sink(line)
-        except Exception:
-            # One bad message must not stop the stream for every later one.
-            _log.exception("upstream %s: line handler failed", self.name)
+            line = line.removesuffix(b"\r")
+            if not skipping and line and not line.isspace():
+                try:
+                    sink(line)
+                except Exception:  # one bad message must not stop the stream for every later one
+                    _log.exception("upstream %s: %s handler failed", self.name, what)
+            skipping = False
+            if eof:
+                return
 
     def _log_stderr(self, line: bytes) -> None:
         text = line.decode("utf-8", "replace")
