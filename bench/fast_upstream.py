@@ -80,8 +80,10 @@ def answer(body: JsonObject, modern: bool) -> JsonObject | None:
         if params.get("name") != "echo":
             return _error(msg_id, INVALID_PARAMS, f"Unknown tool: {params.get('name')!r}")
         args = params.get("arguments")
-        result: JsonObject = {"content": [{"type": "text", "text": orjson.dumps(args or {}).decode()}],
-                              "isError": False}
+        result: JsonObject = {
+            "content": [{"type": "text", "text": orjson.dumps(args or {}).decode()}],
+            "isError": False,
+        }
     elif method == "tools/list":
         result = {"tools": [ECHO_TOOL]}
         if modern:
@@ -94,9 +96,13 @@ def answer(body: JsonObject, modern: bool) -> JsonObject | None:
         version = requested if requested in LEGACY_VERSIONS else LATEST_LEGACY
         result = {"protocolVersion": version, "capabilities": CAPABILITIES, "serverInfo": SERVER_INFO}
     elif method == "server/discover":
-        result = {"supportedVersions": [*MODERN_VERSIONS, *reversed(LEGACY_VERSIONS)],
-                  "capabilities": CAPABILITIES, "_meta": {META_SERVER_INFO: SERVER_INFO},
-                  "ttlMs": TTL_MS, "cacheScope": "public"}
+        result = {
+            "supportedVersions": [*MODERN_VERSIONS, *reversed(LEGACY_VERSIONS)],
+            "capabilities": CAPABILITIES,
+            "_meta": {META_SERVER_INFO: SERVER_INFO},
+            "ttlMs": TTL_MS,
+            "cacheScope": "public",
+        }
     else:
         return _error(msg_id, METHOD_NOT_FOUND, f"Method not found: {method}")
     if modern:
@@ -143,17 +149,24 @@ class HttpServer:
     def _modern(self, body: JsonObject, version: str, method_header: str | None) -> web.Response:
         msg_id = body.get("id")
         if version not in MODERN_VERSIONS:
-            return self._json(400, _error(msg_id, UNSUPPORTED_PROTOCOL_VERSION, "Unsupported protocol version",
-                                          {"supported": [*MODERN_VERSIONS, *LEGACY_VERSIONS],
-                                           "requested": version}))
+            return self._json(
+                400,
+                _error(
+                    msg_id,
+                    UNSUPPORTED_PROTOCOL_VERSION,
+                    "Unsupported protocol version",
+                    {"supported": [*MODERN_VERSIONS, *LEGACY_VERSIONS], "requested": version},
+                ),
+            )
         if "id" in body:
             if method_header != body["method"]:
                 return self._json(400, _error(msg_id, HEADER_MISMATCH, "Header mismatch: Mcp-Method"))
             params = body.get("params")
             meta = params.get("_meta") if type(params) is dict else None
             if type(meta) is not dict or meta.get(META_VERSION) != version:
-                return self._json(400, _error(msg_id, HEADER_MISMATCH,
-                                              "Header mismatch: _meta protocol version"))
+                return self._json(
+                    400, _error(msg_id, HEADER_MISMATCH, "Header mismatch: _meta protocol version")
+                )
         response = answer(body, modern=True)
         if response is None:
             return web.Response(status=202)
@@ -184,8 +197,7 @@ async def serve_http(port: int) -> None:
     await runner.setup()
     site = web.TCPSite(runner, "127.0.0.1", port, reuse_address=True)
     await site.start()
-    sockets = site._server.sockets if site._server is not None else ()  # type: ignore[union-attr]
-    bound = sockets[0].getsockname()[1] if sockets else port
+    bound = runner.addresses[0][1] if runner.addresses else port
     print(f"bench.fast_upstream listening on http://127.0.0.1:{bound}/mcp", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import json
 import time
 from dataclasses import dataclass, field
@@ -53,10 +54,17 @@ class LoadResult:
 
     def summary(self) -> dict[str, Any]:
         ordered = sorted(self.latencies_ns)
-        return {"url": self.url, "concurrency": self.concurrency, "calls": self.calls, "errors": self.errors,
-                "duration_s": round(self.duration_s, 3), "throughput": round(self.throughput, 1),
-                "p50_ms": round(percentile_ms(ordered, 0.50), 4), "p99_ms": round(percentile_ms(ordered, 0.99), 4),
-                "first_error": self.first_error}
+        return {
+            "url": self.url,
+            "concurrency": self.concurrency,
+            "calls": self.calls,
+            "errors": self.errors,
+            "duration_s": round(self.duration_s, 3),
+            "throughput": round(self.throughput, 1),
+            "p50_ms": round(percentile_ms(ordered, 0.50), 4),
+            "p99_ms": round(percentile_ms(ordered, 0.99), 4),
+            "first_error": self.first_error,
+        }
 
 
 def percentile_ms(ordered_ns: list[int], q: float) -> float:
@@ -88,8 +96,12 @@ def call_body(tool: str, arguments: dict[str, Any], era: Era) -> dict[str, Any]:
 
 async def legacy_handshake(http: aiohttp.ClientSession, url: str) -> str:
     """initialize + notifications/initialized; returns the session id."""
-    init = {"jsonrpc": "2.0", "id": 0, "method": "initialize", "params": {
-        "protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO}}
+    init = {
+        "jsonrpc": "2.0",
+        "id": 0,
+        "method": "initialize",
+        "params": {"protocolVersion": LEGACY_VERSION, "capabilities": {}, "clientInfo": CLIENT_INFO},
+    }
     headers = {"Content-Type": "application/json", "Accept": ACCEPT}
     async with http.post(url, data=orjson.dumps(init), headers=headers) as resp:
         data = await resp.read()
@@ -113,8 +125,14 @@ async def delete_session(http: aiohttp.ClientSession, url: str, session: str) ->
 class LoadGen:
     """Calls one tool at one URL; legacy sessions are opened once and reused across runs."""
 
-    def __init__(self, http: aiohttp.ClientSession, url: str, tool: str = "echo", era: Era = "modern",
-                 arguments: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        http: aiohttp.ClientSession,
+        url: str,
+        tool: str = "echo",
+        era: Era = "modern",
+        arguments: dict[str, Any] | None = None,
+    ) -> None:
         self.http = http
         self.url = url
         self.era = era
@@ -122,8 +140,9 @@ class LoadGen:
         self._prefix, self._suffix = _split_body(call_body(tool, self.arguments, era))
         self._headers: dict[str, str] = {"Content-Type": "application/json", "Accept": ACCEPT}
         if era == "modern":
-            self._headers.update({"MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": "tools/call",
-                                  "Mcp-Name": tool})
+            self._headers.update(
+                {"MCP-Protocol-Version": MODERN_VERSION, "Mcp-Method": "tools/call", "Mcp-Name": tool}
+            )
         self.sessions: list[str] = []
 
     async def _worker_headers(self, concurrency: int) -> list[dict[str, str]]:
@@ -131,18 +150,20 @@ class LoadGen:
             return [self._headers] * concurrency
         while len(self.sessions) < concurrency:
             self.sessions.append(await legacy_handshake(self.http, self.url))
-        return [{**self._headers, "Mcp-Session-Id": s, "MCP-Protocol-Version": LEGACY_VERSION}
-                for s in self.sessions[:concurrency]]
+        return [
+            {**self._headers, "Mcp-Session-Id": s, "MCP-Protocol-Version": LEGACY_VERSION}
+            for s in self.sessions[:concurrency]
+        ]
 
     async def close(self) -> None:
         sessions, self.sessions = self.sessions, []
         for session in sessions:
-            try:
+            with contextlib.suppress(aiohttp.ClientError):
                 await delete_session(self.http, self.url, session)
-            except aiohttp.ClientError:
-                pass
 
-    async def run(self, concurrency: int, calls: int | None = None, duration_s: float | None = None) -> LoadResult:
+    async def run(
+        self, concurrency: int, calls: int | None = None, duration_s: float | None = None
+    ) -> LoadResult:
         """Closed loop at `concurrency` until `calls` calls or `duration_s` seconds (10 s if neither)."""
         if calls is None and duration_s is None:
             duration_s = 10.0
@@ -191,8 +212,9 @@ class LoadGen:
 def client_session(limit: int = 0) -> aiohttp.ClientSession:
     """A client session with no proxy lookup, no per-host limit and keep-alive connections."""
     connector = aiohttp.TCPConnector(limit=limit, limit_per_host=0, keepalive_timeout=60)
-    return aiohttp.ClientSession(connector=connector, trust_env=False, auto_decompress=False,
-                                 timeout=aiohttp.ClientTimeout(total=60))
+    return aiohttp.ClientSession(
+        connector=connector, trust_env=False, auto_decompress=False, timeout=aiohttp.ClientTimeout(total=60)
+    )
 
 
 async def _main(args: argparse.Namespace) -> dict[str, Any]:
@@ -214,7 +236,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--era", choices=("modern", "legacy"), default="modern")
     parser.add_argument("-c", "--concurrency", type=int, default=1)
     parser.add_argument("--calls", type=int, help="stop after this many calls")
-    parser.add_argument("--duration", type=float, help="stop after this many seconds (default 10 without --calls)")
+    parser.add_argument(
+        "--duration", type=float, help="stop after this many seconds (default 10 without --calls)"
+    )
     parser.add_argument("--warmup", type=int, default=200, help="calls made first and not measured")
     args = parser.parse_args(argv)
     if args.duration is None and args.calls is None:

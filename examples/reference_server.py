@@ -3,20 +3,24 @@
 Built on the official SDK's high-level `MCPServer`. One process answers both protocol eras:
 
 * 2025-11-25 and earlier (initialize handshake, `Mcp-Session-Id`, server-to-client requests
-  mid-call, `logging/setLevel`, `resources/subscribe`);
+  mid-call, `logging/setLevel`, `resources/subscribe`, SSE resumability);
 * 2026-07-28 (stateless, `server/discover`, per-request `_meta`, `InputRequiredResult`
-  multi-round trips, `subscriptions/listen`, caching hints).
+  multi-round trips, `subscriptions/listen`, caching hints, and the `io.modelcontextprotocol/tasks`
+  extension from `examples.tasks_extension`).
 
 Over Streamable HTTP the SDK's session manager routes each request by its
 `MCP-Protocol-Version` header; over stdio the first message decides the era.
 
 It implements the fixtures the `@modelcontextprotocol/conformance` *server* scenarios look
-for (`test_simple_text`, `test://static-text`, `test_simple_prompt`, ...) and a few plain demo
-tools (`echo`, `add`, ...), and doubles as the "server of our own" in the README's example
-gateway config. Run it with::
+for (`test_simple_text`, `test://static-text`, `test_simple_prompt`, `slow_compute`, ...) and a
+few plain demo tools (`echo`, `add`, `list_client_roots`, `update_watched_resource`), and doubles
+as the "server of our own" in the README's example gateway config. Run it with::
 
-    python -m examples.reference_server                       # stdio
-    python -m examples.reference_server --transport http --port 8765   # http://127.0.0.1:8765/mcp
+    python -m examples.reference_server                                 # stdio
+    python -m examples.reference_server --transport http --port 8765    # http://127.0.0.1:8765/mcp
+
+HTTP always binds 127.0.0.1 unless `--host` says otherwise. In-process users can call
+`create_server()` (a fresh `MCPServer`) or `build_http_app()` (its ASGI app).
 """
 
 import argparse

@@ -45,6 +45,7 @@ from mcp_types import (
     ElicitResult,
     ErrorData,
     InputRequiredResult,
+    InputResponse,
     ListRootsResult,
     RequestParams,
     TextContent,
@@ -85,13 +86,6 @@ class UpdateTaskParams(TaskIdParams):
     input_responses: dict[str, Any] = Field(default_factory=dict, alias="inputResponses")
 
 
-_RESPONSE_TYPES: Mapping[str, tuple[type[BaseModel], ...]] = {
-    "elicitation/create": (ElicitResult,),
-    "sampling/createMessage": (CreateMessageResult, CreateMessageResultWithTools),
-    "roots/list": (ListRootsResult,),
-}
-
-
 def _now() -> datetime:
     return datetime.now(UTC)
 
@@ -117,7 +111,7 @@ class _Task:
     error: dict[str, Any] | None = None
     # Outstanding input requests (wire form) and the answers collected for them so far.
     pending: dict[str, dict[str, Any]] = field(default_factory=dict)
-    answers: dict[str, BaseModel] = field(default_factory=dict)
+    answers: dict[str, InputResponse] = field(default_factory=dict)
     # The parked round's requestState; internal, SEP-2663 has no requestState on the task wire.
     request_state: str | None = None
     scope: anyio.CancelScope | None = None
@@ -348,7 +342,7 @@ class TasksExtension(Extension):
             round_params = CallToolRequestParams(
                 name=task.tool,
                 arguments=task.arguments,
-                input_responses=dict(task.answers),  # type: ignore[arg-type]
+                input_responses=dict(task.answers),
                 request_state=task.request_state,
             )
             task.touch("working")
@@ -367,12 +361,20 @@ class TasksExtension(Extension):
                 del self._tasks[task_id]
 
 
-def _validate_response(key: str, request: Mapping[str, Any], raw: Any) -> BaseModel:
-    error: ValidationError | None = None
-    for model in _RESPONSE_TYPES.get(str(request.get("method")), ()):
-        try:
-            return model.model_validate(raw, by_name=False)
-        except ValidationError as exc:
-            error = exc
-    detail = f"inputResponses[{key!r}] does not answer a {request.get('method')} request"
-    raise MCPError(code=INVALID_PARAMS, message=detail) from error
+def _validate_response(key: str, request: Mapping[str, Any], raw: Any) -> InputResponse:
+    method = request.get("method")
+    try:
+        if method == "elicitation/create":
+            return ElicitResult.model_validate(raw, by_name=False)
+        if method == "roots/list":
+            return ListRootsResult.model_validate(raw, by_name=False)
+        if method == "sampling/createMessage":
+            try:
+                return CreateMessageResult.model_validate(raw, by_name=False)
+            except ValidationError:
+                return CreateMessageResultWithTools.model_validate(raw, by_name=False)
+    except ValidationError as exc:
+        raise MCPError(
+            code=INVALID_PARAMS, message=f"inputResponses[{key!r}] does not answer {method}"
+        ) from exc
+    raise MCPError(code=INVALID_PARAMS, message=f"inputResponses[{key!r}] answers an unsupported {method}")

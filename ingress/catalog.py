@@ -171,8 +171,8 @@ class Catalog:
         names = tuple(servers if servers is not None else self.server_names)
         cached = self._merged.get(method)
         if cached is not None and cached.servers == names and all(
-            self._fresh(self._entries.get((s, method))) or self._entries.get((s, method)) is None
-            and self._upstreams()[s].status.state is not UpstreamState.READY
+            self._fresh(self._entries.get((s, method))) or (self._entries.get((s, method)) is None
+            and self._upstreams()[s].status.state is not UpstreamState.READY)
             for s in names
         ):
             return cached.merged

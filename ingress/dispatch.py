@@ -44,6 +44,9 @@ AGGREGATE_CAPABILITIES: JsonObject = {
 CACHEABLE = frozenset({*LIST_METHODS, "resources/read", "server/discover"})
 _RESOURCE_NOT_FOUND_LEGACY = -32002
 MAX_INPUT_ROUNDS = 10
+# Methods 2026-07-28 removed: a modern agent gets "method not found" (HTTP 404) for them.
+REMOVED_IN_MODERN = frozenset({"initialize", "ping", "logging/setLevel", "resources/subscribe",
+                               "resources/unsubscribe"})
 LISTEN_TIMEOUT_S = 7 * 24 * 3600.0  # a listen stream lasts until either side closes it
 _MODERN_ONLY_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
 
@@ -96,6 +99,8 @@ class Dispatcher:
 
     async def request(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> Reply:
         ctx.method = msg.method
+        if ctx.era == "modern" and msg.method in REMOVED_IN_MODERN:
+            return self._unknown_method(msg, ctx)
         if target:
             reply = await self._single(msg, ctx, target, session)
         else:
@@ -115,7 +120,7 @@ class Dispatcher:
 
     def _unknown_method(self, msg: Message, ctx: CallContext) -> Reply:
         return _error(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}", Outcome.REFUSED,
-                      404 if ctx.era == "modern" else 200)
+                      data=msg.method)
 
     async def notification(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> None:
         ctx.method = msg.method

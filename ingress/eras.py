@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import base64
 import binascii
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Literal
@@ -16,7 +17,8 @@ from typing import Literal
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, UNSUPPORTED_PROTOCOL_VERSION
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
-from ingress.jsonrpc import Message
+from ingress.jsonrpc import JsonObject, Message
+from ingress.upstreams.mcp_headers import tool_param_headers
 
 Era = Literal["legacy", "modern"]
 
@@ -64,8 +66,12 @@ def negotiate_legacy(requested: object) -> str:
 def decode_header_value(value: str) -> str | None:
     """Undo the `=?base64?…?=` sentinel encoding; None when the encoding is broken."""
     if value.startswith("=?base64?") and value.endswith("?=") and len(value) >= 11:
+        payload = value[9:-2]
         try:
-            return base64.b64decode(value[9:-2], validate=True).decode("utf-8")
+            raw = base64.b64decode(payload, validate=True)
+            if base64.b64encode(raw).decode() != payload:
+                return None  # non-canonical padding bits: a corrupt value must never match by accident
+            return raw.decode("utf-8")
         except (binascii.Error, UnicodeDecodeError):
             return None
     return value
@@ -142,3 +148,45 @@ def _validate_modern(message: Message, headers: Mapping[str, str], header_versio
     if header_version not in MODERN_VERSIONS:
         return unsupported_version(header_version)
     return Detected("modern", header_version)
+
+
+_HEADER_SAFE = re.compile(r"[\x20-\x7e\t]*")
+
+
+def check_param_headers(tool: JsonObject, arguments: object, headers: Mapping[str, str]) -> Rejection | None:
+    """Validate `Mcp-Param-*` headers against the tool's `x-mcp-header` annotations and the body."""
+    specs = tool_param_headers(tool)
+    if not specs:
+        return None
+    for header, path in specs:
+        raw = headers.get(header)
+        value: object = arguments
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        decoded = None
+        if raw is not None:
+            decoded = decode_header_value(raw) if _HEADER_SAFE.fullmatch(raw) else None
+            if decoded is None:
+                return Rejection(400, HEADER_MISMATCH, f"Header mismatch: {header} has characters a header value "
+                                 "cannot carry; send them base64-encoded (=?base64?…?=)")
+        if value is None:
+            if raw is not None:
+                return Rejection(400, HEADER_MISMATCH,
+                                 f"Header mismatch: {header} was sent but the arguments carry no {'.'.join(path)}")
+            continue
+        if raw is None:
+            return Rejection(400, HEADER_MISMATCH,
+                             f"Header mismatch: {header} is required because the arguments carry {'.'.join(path)}")
+        if isinstance(value, bool):
+            matches = decoded == ("true" if value else "false")
+        elif isinstance(value, int):
+            try:
+                matches = float(str(decoded)) == value
+            except ValueError:
+                matches = False
+        else:
+            matches = decoded == value
+        if not matches:
+            return Rejection(400, HEADER_MISMATCH,
+                             f"Header mismatch: {header} header value {decoded!r} does not match body value {value!r}")
+    return None

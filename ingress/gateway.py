@@ -27,7 +27,14 @@ from ingress.naming import Naming
 from ingress.recorder import Recorder, system_context
 from ingress.sessions import AgentSession, Outbox, SessionRegistry
 from ingress.sink import EventSink
-from ingress.upstreams.base import CallContext, JsonObject, Upstream, UpstreamInfo, UpstreamState, UpstreamStatus
+from ingress.upstreams.base import (
+    CallContext,
+    JsonObject,
+    Upstream,
+    UpstreamInfo,
+    UpstreamState,
+    UpstreamStatus,
+)
 from ingress.upstreams.errors import UpstreamError
 from ingress.upstreams.stdio import StdioUpstream
 from schemas.events import EventType, Outcome

@@ -60,7 +60,7 @@ class Invalid:
 
 
 def _valid_id(value: object) -> bool:
-    return (isinstance(value, str) or isinstance(value, int)) and not isinstance(value, bool)
+    return isinstance(value, str | int) and not isinstance(value, bool)
 
 
 def classify(body: object) -> Message | Invalid:
@@ -93,8 +93,11 @@ def classify(body: object) -> Message | Invalid:
     if has_result == ("error" in body):
         return Invalid(INVALID_REQUEST, 'a response must carry exactly one of "result" and "error"', msg_id)
     if has_result:
+        if msg_id is None:
+            return Invalid(INVALID_REQUEST, 'a result response needs the "id" of its request (null is for errors)')
         return Message(body, Kind.RESPONSE, msg_id, "")
-    if not isinstance(error, dict) or not _valid_id(error.get("code")) or not isinstance(
+    code = error.get("code") if isinstance(error, dict) else None
+    if not isinstance(error, dict) or not isinstance(code, int) or isinstance(code, bool) or not isinstance(
         error.get("message"), str
     ):
         return Invalid(INVALID_REQUEST, 'a response "error" needs an integer "code" and a string "message"',

@@ -77,8 +77,10 @@ def _expand(value: Any, path: str, missing: list[ConfigProblem]) -> Any:
     if isinstance(value, str):
         def substitute(match: re.Match[str]) -> str:
             name, default = match.group(1), match.group(2)
-            if name in os.environ:
+            if os.environ.get(name):
                 return os.environ[name]
+            if name in os.environ and default is None:
+                return ""
             if default is not None:
                 return default
             missing.append(ConfigProblem(path, f"environment variable {name} is not set",
@@ -109,10 +111,15 @@ def problems_from(error: ValidationError) -> list[ConfigProblem]:
     seen: set[tuple[str, str]] = set()
     for item in error.errors(include_url=False):
         path = _path(item["loc"])
+        if item["type"] == "value_error" and path in ("", "servers"):
+            continue  # our cross-field rules: _raw_checks reports them at their exact path
+        if item["type"] == "literal_error" and path == "auth" and isinstance(item.get("input"), dict):
+            continue  # the api_keys branch was meant; its own errors say what is wrong
         message = item["msg"].removeprefix("Value error, ")
         last = str(item["loc"][-1]) if item["loc"] else ""
-        hint = _FIELD_HINTS.get(last) or _HINTS.get(item["type"], "")
-        if item["type"] == "literal_error" and last == "auth" or path == "auth":
+        hint = _HINTS.get(item["type"], "") if item["type"] == "extra_forbidden" else (
+            _FIELD_HINTS.get(last) or _HINTS.get(item["type"], ""))
+        if (item["type"] == "literal_error" and last == "auth") or path == "auth":
             hint = _FIELD_HINTS["auth"]
         if (path, message) in seen:
             continue

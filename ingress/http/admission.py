@@ -18,7 +18,6 @@ from ingress.upstreams.base import CallContext
 from schemas.events import Outcome, new_event_id
 
 
-
 def base_context(request: web.Request, transport: str) -> CallContext:
     traceparent = request.headers.get("traceparent", "")
     parts = traceparent.split("-")

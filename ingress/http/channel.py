@@ -17,12 +17,14 @@ from mcp_types import METHOD_NOT_FOUND
 
 from ingress.dispatch import Reply
 from ingress.gateway import level_allows
-from ingress.jsonrpc import JsonObject, error_body
+from ingress.jsonrpc import JsonObject, error_body, error_code_of
 from ingress.mrtr import HeldCall
 from ingress.recorder import Recorder
 from ingress.sessions import AgentSession
 from ingress.upstreams.base import CallContext
 
+# The HTTP status a 2026-07-28 answer carries for its JSON-RPC error (errors not listed stay 200).
+MODERN_ERROR_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
                "X-Accel-Buffering": "no"}
 _CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
@@ -139,8 +141,12 @@ class PostChannel(AgentChannel):
                 await self.stream.write(sse_event(wire))
                 await self.stream.write_eof()
             return self.stream
-        return web.Response(body=wire, status=reply.http_status, content_type="application/json",
-                            headers=self.headers)
+        status = reply.http_status
+        if self.ctx.era == "modern" and status == 200:
+            code = error_code_of(reply.body)
+            if code is not None:
+                status = MODERN_ERROR_STATUS.get(code, 200)
+        return web.Response(body=wire, status=status, content_type="application/json", headers=self.headers)
 
     async def cancelled(self) -> web.StreamResponse:
         """The agent cancelled the call: end the response without an answer, as the spec asks."""

@@ -23,6 +23,7 @@ from ingress.http.admission import admit, base_context, read_body, refuse
 from ingress.http.channel import SSE_HEADERS, PostChannel, sse_event
 from ingress.jsonrpc import Invalid, Message, error_body, parse_message, result_body
 from ingress.mrtr import MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome
+from ingress.routing import Route
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
 from ingress.upstreams.base import CallContext
@@ -71,6 +72,11 @@ class McpEndpoint:
         if isinstance(detected, eras.Rejection):
             return await refuse(gateway, ctx, detected.status, detected.code, detected.message, Outcome.REFUSED,
                                 data, msg.body, msg.id, data=detected.data)
+        if detected.era == "modern" and msg.method == "tools/call":
+            mismatch = await self._check_param_headers(msg, request, target)
+            if mismatch is not None:
+                return await refuse(gateway, ctx, mismatch.status, mismatch.code, mismatch.message, Outcome.REFUSED,
+                                    data, msg.body, msg.id)
         ctx.era = detected.era
         ctx.protocol_version = detected.version
         ctx.method = msg.method
@@ -202,6 +208,24 @@ class McpEndpoint:
             return web.Response(status=202)
         waiter.set_result((msg.body, msg.dumps()))
         return web.Response(status=202)
+
+    async def _check_param_headers(self, msg: Message, request: web.Request, target: str) -> eras.Rejection | None:
+        name = msg.params.get("name")
+        if not isinstance(name, str):
+            return None
+        catalog = self.gateway.catalog
+        if target:
+            server, tool_name = target, name
+        else:
+            routed = await catalog.route("tool", name)
+            if not isinstance(routed, Route):
+                return None  # dispatch answers the unknown tool
+            server, tool_name = routed.server, routed.name
+        tools = await catalog.server_list(server, "tools/list") or []
+        tool = next((t for t in tools if t.get("name") == tool_name), None)
+        if tool is None:
+            return None
+        return eras.check_param_headers(tool, msg.params.get("arguments"), request.headers)
 
     def _passes_listen(self, target: str) -> bool:
         """A modern upstream on its own endpoint runs its own subscriptions: relay its stream as is."""

@@ -101,7 +101,7 @@ class HttpUpstreamBase:
             )
         self._supervisor = asyncio.create_task(self._supervise(), name=f"upstream-{self.name}")
 
-    async def wait_ready(self, timeout: float) -> bool:  # noqa: ASYNC109 - the Upstream protocol
+    async def wait_ready(self, timeout: float) -> bool:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(timeout):
                 await self._ready.wait()

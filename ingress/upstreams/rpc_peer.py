@@ -30,7 +30,12 @@ from ingress.upstreams.base import (
     UpstreamInfo,
     UpstreamTap,
 )
-from ingress.upstreams.errors import UpstreamError, UpstreamProtocolError, UpstreamTimeout, UpstreamUnavailable
+from ingress.upstreams.errors import (
+    UpstreamError,
+    UpstreamProtocolError,
+    UpstreamTimeout,
+    UpstreamUnavailable,
+)
 from schemas.events import Kind
 
 log = logging.getLogger("mcpgw.upstream")

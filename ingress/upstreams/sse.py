@@ -58,7 +58,7 @@ class SseUpstream(HttpUpstreamBase):
         self._endpoint: str | None = None
 
     async def request(
-        self, body: JsonObject, ctx: CallContext, timeout: float  # noqa: ASYNC109 - the Upstream protocol
+        self, body: JsonObject, ctx: CallContext, timeout: float
     ) -> JsonObject:
         if self._status.state is not UpstreamState.READY or self._lost.is_set():
             await self._gate()

@@ -172,7 +172,7 @@ class StdioProcess:
             # Part of the message may already sit in the pipe, so the server may have seen it.
             raise UpstreamUnavailable(self.name, f"stdin broken: {exc!r}", retryable=False) from exc
 
-    async def wait_running(self, timeout: float) -> None:  # noqa: ASYNC109 - part of the API
+    async def wait_running(self, timeout: float) -> None:
         """Return once running; TimeoutError on timeout, UpstreamUnavailable once failed or stopped."""
         async with asyncio.timeout(timeout):
             while not self.running:
@@ -201,10 +201,22 @@ class StdioProcess:
         pipe = asyncio.subprocess.PIPE
         # A new session makes the child a process-group leader, so stop() can signal everything
         # it spawned (npx -> node, uv -> python) through its pid.
-        proc = await asyncio.create_subprocess_exec(
+        spawning = asyncio.ensure_future(asyncio.create_subprocess_exec(
             self.command, *self.args, stdin=pipe, stdout=pipe, stderr=pipe, env={**os.environ, **self.env},
             cwd=self.cwd, start_new_session=True, limit=self.max_line_bytes,
-        )
+        ))
+        try:
+            proc = await asyncio.shield(spawning)
+        except asyncio.CancelledError:
+            # Finish the spawn and adopt the child so stop() ends it like any other: a cancelled
+            # spawn only SIGKILLs the leader, and uvloop then leaves its transport open.
+            with contextlib.suppress(Exception):
+                self._adopt(await spawning)
+            raise
+        self._adopt(proc)
+        await self._emit("running", pid=proc.pid)
+
+    def _adopt(self, proc: asyncio.subprocess.Process) -> None:
         assert proc.stdout is not None and proc.stderr is not None
         tag = f"stdio:{self.name}:{proc.pid}"
         readers = (
@@ -213,16 +225,20 @@ class StdioProcess:
         )
         wait = asyncio.create_task(proc.wait(), name=f"{tag}:wait")
         self._child = _Child(proc, asyncio.get_running_loop().time(), wait, readers)
-        await self._emit("running", pid=proc.pid)
 
     async def _supervise(self, first_spawn: asyncio.Future[None]) -> None:
         try:
             await self._spawn()
-        except OSError as exc:
-            await self._emit("failed", detail=f"spawn failed: {exc}")
-            first_spawn.set_exception(UpstreamUnavailable(self.name, f"cannot start: {exc}", retryable=False))
-            return
-        first_spawn.set_result(None)
+            first_spawn.set_result(None)
+            await self._keep_alive()
+        except Exception as exc:  # unspawnable (no such file, bad cwd) or a bug: never leave start() hanging
+            if first_spawn.done():
+                _log.exception("upstream %s: supervision failed", self.name)
+            await self._emit("failed", detail=f"{type(exc).__name__}: {exc}")
+            if not first_spawn.done():
+                first_spawn.set_exception(UpstreamUnavailable(self.name, f"cannot start: {exc}", retryable=False))
+
+    async def _keep_alive(self) -> None:
         consecutive = 0
         while True:
             child = self._child
@@ -245,7 +261,7 @@ class StdioProcess:
             self._restarts += 1
             try:
                 await self._spawn()
-            except OSError as exc:
+            except OSError as exc:  # e.g. EAGAIN/ENOMEM under pressure: worth another try later
                 _log.warning("upstream %s: respawn failed: %s", self.name, exc)
                 await self._emit("exited", detail=f"spawn failed: {exc}")
 
@@ -271,8 +287,6 @@ class StdioProcess:
             if supervisor is not None:
                 supervisor.cancel()
                 await asyncio.wait({supervisor})
-                if not supervisor.cancelled() and supervisor.exception() is not None:
-                    _log.error("upstream %s: supervisor crashed", self.name, exc_info=supervisor.exception())
             # The supervisor may have been cancelled before it ever ran, so start() needs telling.
             first = self._first_spawn
             if first is not None and not first.done():

@@ -84,7 +84,7 @@ class StreamableHttpUpstream(HttpHandshake):
     # -- requests ---------------------------------------------------------------------------
 
     async def request(
-        self, body: JsonObject, ctx: CallContext, timeout: float  # noqa: ASYNC109 - the Upstream protocol
+        self, body: JsonObject, ctx: CallContext, timeout: float
     ) -> JsonObject:
         if self._status.state is UpstreamState.READY and not self._lost.is_set():
             generation = self._generation

@@ -246,3 +246,48 @@ def cmdline(pid: int) -> str:
 
 def open_fds() -> int:
     return len(os.listdir("/proc/self/fd"))
+
+
+# -- live SSE streams ------------------------------------------------------------------------------
+
+
+class SseStream:
+    """Reads JSON-RPC messages off an open SSE response, one at a time, with a deadline each."""
+
+    def __init__(self, resp: aiohttp.ClientResponse) -> None:
+        self.resp = resp
+        self.seen: list[dict[str, Any]] = []
+
+    async def next(self, timeout: float = 10.0) -> dict[str, Any] | None:
+        """The next message; None when the stream ended."""
+        data: list[bytes] = []
+        async with asyncio.timeout(timeout):
+            while True:
+                line = await self.resp.content.readline()
+                if not line:
+                    return None
+                line = line.rstrip(b"\r\n")
+                if line.startswith(b"data:"):
+                    data.append(line[5:].lstrip())
+                elif not line and data:
+                    message = json.loads(b"\n".join(data))
+                    self.seen.append(message)
+                    return message
+
+    async def until(self, predicate: Callable[[dict[str, Any]], bool], timeout: float = 10.0) -> dict[str, Any]:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            message = await self.next(max(0.01, deadline - loop.time()))
+            if message is None:
+                raise AssertionError(f"the stream ended before the expected message; saw {self.seen}")
+            if predicate(message):
+                return message
+
+    async def ended(self, timeout: float = 10.0) -> bool:
+        """True once the server closed the stream (messages before the end are kept in `seen`)."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while True:
+            if await self.next(max(0.01, deadline - loop.time())) is None:
+                return True

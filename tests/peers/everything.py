@@ -162,7 +162,8 @@ class RecordingTap:
         self.records.append(TapRecord("received", server, body, wire, ctx, latency_us))
 
     def of(self, direction: str, method: str | None = None) -> list[TapRecord]:
-        return [r for r in self.records if r.direction == direction and (method is None or r.method == method)]
+        return [r for r in self.records
+                if r.direction == direction and (method is None or r.method == method)]
 
     def methods(self, direction: str) -> list[str | None]:
         return [r.method for r in self.records if r.direction == direction]

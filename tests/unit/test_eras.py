@@ -7,6 +7,7 @@ from typing import Any
 
 import pytest
 from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, UNSUPPORTED_PROTOCOL_VERSION
+from multidict import CIMultiDict
 
 from ingress.eras import (
     ALL_VERSIONS,
@@ -18,6 +19,7 @@ from ingress.eras import (
     MODERN_VERSIONS,
     Detected,
     Rejection,
+    check_param_headers,
     decode_header_value,
     detect,
     encode_header_value,
@@ -276,6 +278,10 @@ def test_encode_decode_round_trip(value: str, plain: bool) -> None:
         ("=?base64?not base64?=", None),
         ("=?base64?aGk?=", None),  # bad padding
         ("=?base64?//79?=", None),  # valid base64, invalid UTF-8
+        # Non-canonical base64 (non-zero trailing bits) decodes to "hi" too, but no encoder emits it;
+        # the SDK (mcp.shared.inbound.decode_header_value) rejects it so a corrupt header never
+        # matches a body value by accident.
+        ("=?base64?aGl=?=", None),
         ("=?base64?abc", "=?base64?abc"),
         ("x=?base64?aGk=?=", "x=?base64?aGk=?="),
     ],
@@ -301,3 +307,76 @@ def test_decode_header_value(raw: str, decoded: str | None) -> None:
 )
 def test_negotiate_legacy(requested: object, expected: str) -> None:
     assert negotiate_legacy(requested) == expected
+
+
+# -- Mcp-Param-* headers (check_param_headers) -----------------------------------------------------
+
+PARAM_TOOL = {
+    "name": "query",
+    "inputSchema": {
+        "type": "object",
+        "properties": {
+            "region": {"type": "string", "x-mcp-header": "Region"},
+            "limit": {"type": "integer", "x-mcp-header": "Limit"},
+            "dry": {"type": "boolean", "x-mcp-header": "Dry"},
+            "opts": {"type": "object", "properties": {"tenant": {"type": "string", "x-mcp-header": "Tenant"}}},
+            "free": {"type": "string"},
+        },
+    },
+}
+
+
+@pytest.mark.parametrize(
+    ("arguments", "headers", "ok"),
+    [
+        pytest.param({}, {}, True, id="nothing-annotated-present"),
+        pytest.param({"free": "x"}, {}, True, id="unannotated-argument"),
+        pytest.param({"region": "eu-west"}, {"Mcp-Param-Region": "eu-west"}, True, id="string-match"),
+        pytest.param({"region": "eu-west"}, {"mcp-param-region": "eu-west"}, True, id="header-name-any-case"),
+        pytest.param({"region": "eu-west"}, {"Mcp-Param-Region": "us-east"}, False, id="string-mismatch"),
+        pytest.param({"region": "eu-west"}, {}, False, id="argument-without-header"),
+        pytest.param({"region": None}, {}, True, id="null-argument-no-header"),
+        pytest.param({"region": "köln"}, {"Mcp-Param-Region": encode_header_value("köln")}, True,
+                     id="non-ascii-base64"),
+        pytest.param({"region": " x "}, {"Mcp-Param-Region": encode_header_value(" x ")}, True,
+                     id="edge-whitespace-base64"),
+        pytest.param({"region": "x"}, {"Mcp-Param-Region": "=?base64?!!?="}, False, id="broken-base64"),
+        pytest.param({"region": "x"}, {"Mcp-Param-Region": "x\x01"}, False, id="control-character"),
+        pytest.param({"limit": 42}, {"Mcp-Param-Limit": "42"}, True, id="integer-match"),
+        pytest.param({"limit": 42}, {"Mcp-Param-Limit": "42.0"}, True, id="integer-numeric-compare"),
+        pytest.param({"limit": 42}, {"Mcp-Param-Limit": "43"}, False, id="integer-mismatch"),
+        pytest.param({"limit": 42}, {"Mcp-Param-Limit": "forty-two"}, False, id="integer-not-a-number"),
+        pytest.param({"limit": 2**53 + 1}, {"Mcp-Param-Limit": str(2**53)}, False,
+                     id="integer-beyond-float-precision"),
+        pytest.param({"dry": True}, {"Mcp-Param-Dry": "true"}, True, id="bool-true"),
+        pytest.param({"dry": False}, {"Mcp-Param-Dry": "false"}, True, id="bool-false"),
+        pytest.param({"dry": True}, {"Mcp-Param-Dry": "1"}, False, id="bool-as-1"),
+        pytest.param({"dry": True}, {"Mcp-Param-Dry": "True"}, False, id="bool-capitalised"),
+        pytest.param({"opts": {"tenant": "acme"}}, {"Mcp-Param-Tenant": "acme"}, True, id="nested-match"),
+        pytest.param({"opts": {"tenant": "acme"}}, {"Mcp-Param-Tenant": "other"}, False, id="nested-mismatch"),
+        pytest.param({"opts": "not-an-object"}, {}, True, id="nested-parent-not-object"),
+        # The SDK (mcp.shared.inbound.validate_mcp_param_headers): header and argument must be
+        # "present together ... or absent together"; a header for an absent argument is a mismatch.
+        pytest.param({}, {"Mcp-Param-Region": "eu-west"}, False, id="header-without-argument"),
+    ],
+)
+def test_check_param_headers(arguments: dict, headers: dict, ok: bool) -> None:
+    result = check_param_headers(PARAM_TOOL, arguments, CIMultiDict(headers))
+    if ok:
+        assert result is None, result
+    else:
+        assert isinstance(result, Rejection), "accepted"
+        assert (result.status, result.code) == (400, HEADER_MISMATCH)
+
+
+@pytest.mark.parametrize(
+    "tool",
+    [
+        {"name": "t"},
+        {"name": "t", "inputSchema": {"type": "object", "properties": {"a": {"type": "string"}}}},
+        # invalid annotations (a number-typed header): the tool is validated as unannotated
+        {"name": "t", "inputSchema": {"properties": {"a": {"type": "number", "x-mcp-header": "A"}}}},
+    ],
+)
+def test_check_param_headers_without_valid_annotations(tool: dict) -> None:
+    assert check_param_headers(tool, {"a": 1.5}, CIMultiDict({"Mcp-Param-A": "zzz"})) is None

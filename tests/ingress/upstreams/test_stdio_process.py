@@ -107,7 +107,7 @@ async def spawn() -> AsyncIterator[Factory]:
 
 async def until(predicate: Callable[[], bool]) -> None:
     async with asyncio.timeout(HANG_GUARD_S):
-        while not predicate():
+        while not predicate():  # noqa: ASYNC110 - polls arbitrary conditions, some outside asyncio
             await asyncio.sleep(0.01)
 
 
@@ -194,7 +194,7 @@ async def test_stderr_goes_to_the_server_logger(spawn: Factory, caplog: pytest.L
 
 
 async def test_wait_running_and_send_while_down(spawn: Factory) -> None:
-    proc, rec = spawn(ECHO)
+    proc, _ = spawn(ECHO)
     with pytest.raises(UpstreamUnavailable) as info:
         await proc.send(b"early")
     assert info.value.retryable and info.value.server == "t" and isinstance(info.value, UpstreamError)
@@ -258,12 +258,26 @@ async def test_a_stable_run_resets_delay_and_budget(spawn: Factory) -> None:
     assert {s.detail for s in rec.states if s.status == "restarting"} == {"restart in 0.010s"}
 
 
-async def test_start_failure_is_not_retryable(spawn: Factory, tmp_path: Path) -> None:
-    proc, rec = spawn("", command=str(tmp_path / "no-such-server"), args=[])
+@pytest.mark.parametrize("problem", ["missing command", "missing cwd", "not an OSError"])
+async def test_start_failure_is_not_retryable(
+    spawn: Factory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, problem: str
+) -> None:
+    if problem == "not an OSError":  # e.g. the ValueError asyncio raises for a NUL in an argument
+
+        async def refuse(*args: object, **kwargs: object) -> None:
+            raise ValueError("embedded null byte")
+
+        monkeypatch.setattr(asyncio, "create_subprocess_exec", refuse)
+    proc, rec = {
+        "missing command": lambda: spawn("", command=str(tmp_path / "no-such-server"), args=[]),
+        "missing cwd": lambda: spawn(ECHO, cwd=str(tmp_path / "no-such-dir")),
+        "not an OSError": lambda: spawn(ECHO),
+    }[problem]()
     with pytest.raises(UpstreamUnavailable) as info:
         await proc.start()
     assert not info.value.retryable
     assert rec.statuses == ["starting", "failed"]
+    assert not proc.running and proc.pid is None
 
 
 async def test_stop_closes_stdin_first_and_is_idempotent(spawn: Factory) -> None:
@@ -428,12 +442,14 @@ async def test_stop_during_the_first_spawn_fails_start(spawn: Factory) -> None:
         with pytest.raises(UpstreamUnavailable):
             await starting
     assert rec.statuses == ["starting", "stopped"]
-    assert proc.pid is None and not proc.running
+    stopped = rec.states[-1]
+    assert stopped.exit_code == 0 and stopped.pid is not None  # the spawned child was stopped gracefully
+    assert proc.pid is None and not proc.running and not alive(stopped.pid)
 
 
 async def test_send_after_the_server_closed_its_stdin(spawn: Factory) -> None:
     # uvloop hands the child extra duplicates of its stdio sockets; close those too.
-    script = "import os, time; os.closerange(3, 4096); os.close(0); print('closed', flush=True); time.sleep(60)"
+    script = "import os, time; os.closerange(3, 4096); os.close(0); print('closed', flush=True); time.sleep(9)"
     proc, rec = spawn(script)
     await proc.start()
     assert await rec.line() == b"closed"

@@ -51,8 +51,10 @@ class Harness:
 
 def make_upstream(url: str, protocol: str = "auto") -> Harness:
     tap, observer = RecordingTap(), Observer()
-    config = HttpServerConfig(url=url, protocol=protocol, connect_timeout_s=2.0)  # type: ignore[arg-type]
-    upstream = StreamableHttpUpstream("ev", config, tap, observer.on_unsolicited, observer.on_status, system_ctx, 10.0)
+    config = HttpServerConfig(url=url, protocol=protocol, connect_timeout_s=2.0)
+    upstream = StreamableHttpUpstream(
+        "ev", config, tap, observer.on_unsolicited, observer.on_status, system_ctx, 10.0
+    )
     upstream.backoff_initial_s, upstream.backoff_max_s = 0.05, 0.5  # keep reconnect tests quick
     return Harness(upstream, tap, observer)
 
@@ -166,19 +168,21 @@ async def test_server_requests_are_answered_by_the_calls_handler(everything: Eve
         asked = h.tap.of("received", "sampling/createMessage")[-1]
         assert asked.ctx is ctx
         answers = [r for r in h.tap.of("sent") if r.body.get("id") == asked.body["id"] and "result" in r.body]
-        assert answers and answers[-1].body["result"]["model"] == "test-model"  # its id restored for the server
+        assert answers and answers[-1].body["result"]["model"] == "test-model"  # with the server's id
 
 
 async def test_the_tap_sees_every_message_in_both_directions(everything: EverythingServer) -> None:
     async with connected(everything.url) as h:
-        await h.call("trigger-long-running-operation", {"duration": 0.2, "steps": 2}, meta={"progressToken": 5})
+        await h.call("trigger-long-running-operation", {"duration": 0.2, "steps": 2},
+                     meta={"progressToken": 5})
         for record in h.tap.records:
             assert orjson.loads(record.wire) == record.body, record
         sent = h.tap.methods("sent")
         assert sent[:3] == ["server/discover", "initialize", "notifications/initialized"]
         assert "tools/call" in sent
         call_id = h.tap.of("sent", "tools/call")[-1].body["id"]
-        kinds = [r.method or ("response" if r.body.get("id") == call_id else None) for r in h.tap.of("received")]
+        kinds = [r.method or ("response" if r.body.get("id") == call_id else None)
+                 for r in h.tap.of("received")]
         assert kinds.count("notifications/progress") == 2 and kinds[-1] == "response"
         final = h.tap.of("received")[-1]
         assert final.latency_us is not None and final.latency_us > 0
@@ -190,11 +194,11 @@ async def test_the_get_stream_carries_unsolicited_traffic(everything: Everything
         # call in flight, the connector answers with an error itself
         await eventually(lambda: bool(h.tap.of("received", "roots/list")), what="roots/list")
         roots_id = h.tap.of("received", "roots/list")[0].body["id"]
-        await eventually(lambda: any(r.body.get("id") == roots_id and "error" in r.body for r in h.tap.of("sent")),
-                         what="the error answer to roots/list")
+        await eventually(lambda: any(r.body.get("id") == roots_id and "error" in r.body
+                                     for r in h.tap.of("sent")), what="the error answer to roots/list")
         await h.call("toggle-simulated-logging", {})
-        await eventually(lambda: any(m.get("method") == "notifications/message" for m in h.observer.unsolicited),
-                         what="a log message on the GET stream")
+        await eventually(lambda: any(m.get("method") == "notifications/message"
+                                     for m in h.observer.unsolicited), what="a log message on the GET stream")
 
 
 async def test_timeout_raises_and_cancels_upstream(everything: EverythingServer) -> None:
@@ -235,7 +239,8 @@ async def test_server_killed_then_restarted(everything: EverythingServer) -> Non
         await everything.start()
         assert await h.upstream.wait_ready(READY_S)
         states = h.observer.states
-        assert states[-1] is UpstreamState.READY and UpstreamState.DOWN in states[states.index(UpstreamState.READY):]
+        assert states[-1] is UpstreamState.READY
+        assert UpstreamState.DOWN in states[states.index(UpstreamState.READY):]
         assert text_of(await h.call("echo", {"message": "back"})) == "Echo: back"
         assert len(h.tap.of("sent", "initialize")) > handshakes
         assert len(h.tap.of("sent", "server/discover")) == 1  # the era stayed cached
