@@ -26,6 +26,7 @@ from ingress.eras import ALL_VERSIONS, META_SERVER_INFO, negotiate_legacy
 from ingress.jsonrpc import JsonObject, Message, error_body, result_body
 from ingress.routing import NotRouted
 from ingress.sessions import AgentSession
+from ingress.subscriptions import ResourceSubscriptions
 from ingress.upstreams.base import GATEWAY_CLIENT_INFO, CallContext, Upstream, UpstreamInfo
 from ingress.upstreams.errors import UpstreamError, UpstreamTimeout
 from schemas.events import Outcome
@@ -74,8 +75,10 @@ class Dispatcher:
         upstreams: Callable[[], Mapping[str, Upstream]],
         catalog: Catalog,
         limits: LimitsConfig,
+        subscriptions: ResourceSubscriptions,
     ) -> None:
         self._upstreams = upstreams
+        self.subscriptions = subscriptions
         self.catalog = catalog
         self.limits = limits
         self._aggregate: dict[str, Callable[[Message, CallContext, AgentSession | None], Awaitable[Reply]]] = {
@@ -206,7 +209,8 @@ class Dispatcher:
             return _error(msg.id, INVALID_PARAMS, "logging/setLevel needs params.level", Outcome.REFUSED)
         if session is not None:
             session.log_level = level
-        await asyncio.gather(*(self._forward_quietly(name, msg, ctx) for name in self._ready_servers("logging")))
+        legacy = [n for n in self._ready_servers("logging") if self._upstreams()[n].info.era == "legacy"]  # type: ignore[union-attr]
+        await asyncio.gather(*(self._forward_quietly(name, msg, ctx) for name in legacy))
         return Reply(result_body(msg.id, {}))
 
     def _ready_servers(self, capability: str) -> list[str]:
@@ -262,11 +266,26 @@ class Dispatcher:
             code = INVALID_PARAMS if ctx.era == "modern" else _RESOURCE_NOT_FOUND_LEGACY
             return _error(msg.id, code, routed.message, Outcome.REFUSED,
                           data={"uri": uri, "searched": list(routed.searched)})
-        if session is not None and msg.method == "resources/subscribe":
-            session.subscriptions.add(uri)
-        elif session is not None and msg.method == "resources/unsubscribe":
-            session.subscriptions.discard(uri)
+        if msg.method in ("resources/subscribe", "resources/unsubscribe"):
+            return await self._subscription(msg, ctx, session, routed.server, uri)
         return await self._forward(routed.server, msg.body, ctx)
+
+    async def _subscription(self, msg: Message, ctx: CallContext, session: AgentSession | None, server: str,
+                            uri: str) -> Reply:
+        """Agents share upstream sessions, so subscriptions are counted here, not forwarded one by one."""
+        ctx.server = server
+        if session is None:
+            return self._unknown_method(msg, ctx)
+        if msg.method == "resources/unsubscribe":
+            if session.subscriptions.pop(uri, None) is not None:
+                await self.subscriptions.remove(server, uri)
+            return Reply(result_body(msg.id, {}))
+        if uri not in session.subscriptions:
+            if not await self.subscriptions.add(server, uri):
+                return _error(msg.id, METHOD_NOT_FOUND, f"server {server!r} does not support resource subscriptions",
+                              Outcome.REFUSED)
+            session.subscriptions[uri] = server
+        return Reply(result_body(msg.id, {}))
 
     async def _complete(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> Reply:
         ref = msg.params.get("ref")
@@ -302,8 +321,14 @@ class Dispatcher:
             ctx.prompt_name = str(params.get("name", ""))
         elif "uri" in params:
             ctx.resource_uri = str(params.get("uri"))
-        if msg.method == "logging/setLevel" and session is not None:
-            session.log_level = params.get("level") if isinstance(params.get("level"), str) else None
+        if msg.method in ("resources/subscribe", "resources/unsubscribe") and isinstance(params.get("uri"), str):
+            return await self._subscription(msg, ctx, session, target, params["uri"])
+        if msg.method == "logging/setLevel":
+            if session is not None:
+                session.log_level = params.get("level") if isinstance(params.get("level"), str) else None
+            info = self._upstreams()[target].info
+            if info is not None and info.era == "modern":
+                return Reply(result_body(msg.id, {}))  # modern servers take the level on each request
         return await self._forward(target, msg.body, ctx)
 
     def _timeout(self, upstream: Upstream, method: str = "") -> float:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections import Counter
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any
@@ -27,6 +26,7 @@ from ingress.naming import Naming
 from ingress.recorder import Recorder, system_context
 from ingress.sessions import AgentSession, Outbox, SessionRegistry
 from ingress.sink import EventSink
+from ingress.subscriptions import ResourceSubscriptions
 from ingress.upstreams.base import (
     CallContext,
     JsonObject,
@@ -35,7 +35,6 @@ from ingress.upstreams.base import (
     UpstreamState,
     UpstreamStatus,
 )
-from ingress.upstreams.errors import UpstreamError
 from ingress.upstreams.stdio import StdioUpstream
 from schemas.events import EventType, Outcome
 
@@ -84,11 +83,12 @@ class Gateway:
         naming = Naming(config.naming.separator, config.naming.mode, config.naming.max_length)
         self.upstreams: dict[str, Upstream] = {}
         self.catalog = Catalog(lambda: self.upstreams, naming, self.recorder, config.limits.catalog_ttl_s)
-        self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits)
         self.sessions = SessionRegistry(config.limits.max_sessions, config.limits.session_idle_timeout_s)
         self.listeners: set[Listener] = set()
         self.held_calls = HeldCalls(ttl_s=config.limits.request_timeout_s)
-        self._resource_refs: Counter[tuple[str, str]] = Counter()
+        self.resource_subscriptions = ResourceSubscriptions(lambda: self.upstreams, self._unsolicited,
+                                                            config.limits.request_timeout_s)
+        self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits, self.resource_subscriptions)
         self._janitor: asyncio.Task[None] | None = None
         for name, server in config.servers.items():
             self.upstreams[name] = self._connector(name, server)
@@ -130,6 +130,7 @@ class Gateway:
         for listener in list(self.listeners):
             listener.outbox.put_nowait(None)
         self.held_calls.close()
+        await self.resource_subscriptions.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
         await self.recorder.lifecycle(EventType.SESSION_CLOSED, system_context(), detail="gateway stopped")
         await self.recorder.drain()
@@ -144,6 +145,8 @@ class Gateway:
     async def close_session(self, session: AgentSession, reason: str) -> None:
         if self.sessions.close(session.id) is None:
             return
+        for uri, server in session.subscriptions.items():
+            await self.resource_subscriptions.remove(server, uri)
         for upstream in self.upstreams.values():
             release = getattr(upstream, "release_session", None)
             if release is not None:
@@ -196,42 +199,20 @@ class Gateway:
             listener.outbox.put_nowait(wire)
 
     async def subscribe_resources(self, uris: list[str], target: str) -> list[tuple[str, str]]:
-        """Subscribe legacy upstreams to resources a modern listener wants; counted per (server, uri)."""
+        """Subscribe upstreams to the resources a listener wants; returns what to release later."""
         done: list[tuple[str, str]] = []
         for uri in uris:
             server = target
             if not server:
                 routed = await self.catalog.route("resource", uri)
                 server = getattr(routed, "server", "")
-            upstream = self.upstreams.get(server)
-            info = upstream.info if upstream is not None else None
-            if upstream is None or info is None or info.era != "legacy":
-                continue
-            resources = info.capabilities.get("resources")
-            if not isinstance(resources, dict) or not resources.get("subscribe"):
-                continue
-            if self._resource_refs[(server, uri)] == 0:
-                await self._resource_call(upstream, server, "resources/subscribe", uri)
-            self._resource_refs[(server, uri)] += 1
-            done.append((server, uri))
+            if await self.resource_subscriptions.add(server, uri):
+                done.append((server, uri))
         return done
 
     async def unsubscribe_resources(self, subscribed: list[tuple[str, str]]) -> None:
         for server, uri in subscribed:
-            self._resource_refs[(server, uri)] -= 1
-            if self._resource_refs[(server, uri)] <= 0:
-                del self._resource_refs[(server, uri)]
-                upstream = self.upstreams.get(server)
-                if upstream is not None:
-                    await self._resource_call(upstream, server, "resources/unsubscribe", uri)
-
-    async def _resource_call(self, upstream: Upstream, server: str, method: str, uri: str) -> None:
-        body = {"jsonrpc": "2.0", "id": f"gw-{method}", "method": method, "params": {"uri": uri}}
-        try:
-            await upstream.request(body, system_context(method=method, server=server, resource_uri=uri),
-                                   min(10.0, self.config.limits.request_timeout_s))
-        except UpstreamError as exc:
-            log.warning("%s %s on %s failed: %s", method, uri, server, exc)
+            await self.resource_subscriptions.remove(server, uri)
 
     def readiness(self) -> dict[str, Any]:
         servers: Mapping[str, Any] = {

@@ -42,7 +42,7 @@ class AgentSession:
     awaiting: dict[str, asyncio.Future[tuple[JsonObject, bytes]]] = field(default_factory=dict)
     # The agent's requests in flight, by their JSON-RPC id, so notifications/cancelled can stop them.
     inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
-    subscriptions: set[str] = field(default_factory=set)
+    subscriptions: dict[str, str] = field(default_factory=dict)  # resource URI -> server
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_request_id(self) -> str:

@@ -108,6 +108,7 @@ class McpEndpoint:
                                     Outcome.REFUSED, data, msg.body, msg.id)
             ctx.session_id = session.id
             ctx.protocol_version = session.protocol_version or ctx.protocol_version
+            ctx.log_level = session.log_level
         gateway.recorder.agent_received(ctx, msg.body, data)
         try:
             if msg.is_response:

@@ -236,7 +236,8 @@ class StdioProcess:
                 _log.exception("upstream %s: supervision failed", self.name)
             await self._emit("failed", detail=f"{type(exc).__name__}: {exc}")
             if not first_spawn.done():
-                first_spawn.set_exception(UpstreamUnavailable(self.name, f"cannot start: {exc}", retryable=False))
+                error = UpstreamUnavailable(self.name, f"cannot start: {exc}", retryable=False)
+                first_spawn.set_exception(error)
 
     async def _keep_alive(self) -> None:
         consecutive = 0
@@ -287,7 +288,7 @@ class StdioProcess:
             if supervisor is not None:
                 supervisor.cancel()
                 await asyncio.wait({supervisor})
-            # The supervisor may have been cancelled before it ever ran, so start() needs telling.
+            # A supervisor cancelled during (or before) the first spawn never told start() the outcome.
             first = self._first_spawn
             if first is not None and not first.done():
                 first.set_exception(UpstreamUnavailable(self.name, "stopped while starting", retryable=False))

@@ -292,6 +292,11 @@ async def test_stop_closes_stdin_first_and_is_idempotent(spawn: Factory) -> None
     assert rec.statuses == ["starting", "running", "stopped"]
     assert rec.states[-1].exit_code == 0  # left on stdin EOF, no signal needed
     assert not proc.running and proc.pid is None and not alive(pid)
+    await proc.start()  # the same instance can be started again
+    await proc.send(b"again")
+    assert await rec.line() == b"again"
+    await proc.stop()
+    assert rec.statuses == ["starting", "running", "stopped"] * 2
 
 
 async def test_stop_sends_sigterm_when_stdin_eof_is_ignored(spawn: Factory) -> None:
@@ -449,7 +454,7 @@ async def test_stop_during_the_first_spawn_fails_start(spawn: Factory) -> None:
 
 async def test_send_after_the_server_closed_its_stdin(spawn: Factory) -> None:
     # uvloop hands the child extra duplicates of its stdio sockets; close those too.
-    script = "import os, time; os.closerange(3, 4096); os.close(0); print('closed', flush=True); time.sleep(9)"
+    script = "import os,time; os.closerange(3, 4096); os.close(0); print('closed', flush=True); time.sleep(9)"
     proc, rec = spawn(script)
     await proc.start()
     assert await rec.line() == b"closed"
