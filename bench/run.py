@@ -472,6 +472,67 @@ async def measure_sessions(setup: Setup, plan: Plan, say: Callable[[str], None])
     return out
 
 
+def pin(pid: int, cpus: set[int]) -> None:
+    """Pin every thread of a process (best effort)."""
+    for task in Path(f"/proc/{pid}/task").iterdir():
+        with contextlib.suppress(OSError):
+            os.sched_setaffinity(int(task.name), cpus)
+
+
+def pin_apart(setup: Setup) -> str:
+    """The gateway alone on the last CPU, the upstreams and this process on the others.
+
+    Keeps the load generator and the upstream from preempting the gateway right after each write
+    that wakes them, which otherwise shows up in a wall-clock sampler as time in `writelines`.
+    """
+    cpus = sorted(os.sched_getaffinity(0))
+    if len(cpus) < 2:
+        return "not pinned (one CPU)"
+    gateway_cpu, others = {cpus[-1]}, set(cpus[:-1])
+    pin(setup.gateway_pid, gateway_cpu)
+    for pid in (setup.upstream_pid, *descendants(setup.gateway_pid), os.getpid()):
+        with contextlib.suppress(OSError):
+            pin(pid, others)
+    return f"gateway on CPU {cpus[-1]}, load generator and upstreams on CPU(s) {sorted(others)}"
+
+
+_GC_SYMBOLS = (
+    "gc_collect",
+    "visit_decref",
+    "visit_reachable",
+    "_traverse",
+    "subtract_refs",
+    "move_unreachable",
+    "update_refs",
+    "deduce_unreachable",
+    "gc_collect_main",
+    "move_legacy_finalizers",
+)
+
+
+def perf_split(perf: str, data: Path) -> dict[str, Any]:
+    """On-CPU samples by library, and the share in CPython's cyclic GC (from `perf report`)."""
+
+    def report(sort: str) -> list[tuple[float, str]]:
+        text = subprocess.run(
+            [perf, "report", "-i", str(data), "--stdio", "--no-children", "--sort", sort, "-g", "none"],
+            capture_output=True,
+            text=True,
+            check=False,
+        ).stdout
+        rows = []
+        for line in text.splitlines():
+            m = re.match(r"\s*([\d.]+)%\s+(.*\S)", line)
+            if m and not line.lstrip().startswith("#"):
+                rows.append((float(m.group(1)), m.group(2)))
+        return rows
+
+    dsos = report("dso")
+    syms = report("sym")
+    gc = sum(pct for pct, sym in syms if any(marker in sym for marker in _GC_SYMBOLS))
+    return {"by_library": dsos[:12], "top_symbols": syms[:25], "gc_pct": round(gc, 2)}
+
+
 async def profile_gateway(
     http: aiohttp.ClientSession,
     setup: Setup,
@@ -480,19 +541,33 @@ async def profile_gateway(
     stamp: str,
     say: Callable[[str], None],
 ) -> dict[str, Any]:
-    py_spy = shutil.which("py-spy", path=str(Path(sys.executable).parent)) or shutil.which("py-spy")
+    """Sample the gateway under c=16 load: py-spy (Python frames), then perf (native split) if present.
+
+    Pinned apart (see `pin_apart`); a window without any profiler gives the true CPU per call
+    the shares are scaled by.
+    """
+    venv_bin = str(Path(sys.executable).parent)
+    py_spy = shutil.which("py-spy", path=venv_bin) or shutil.which("py-spy")
     if py_spy is None:
         raise RuntimeError("--profile needs py-spy: pip install py-spy")
-    raw = OUT / f"profile-{stamp}-{target.key}.txt"
+    perf = shutil.which("perf")
+    pinned = pin_apart(setup)
+    say(f"profile: {pinned}")
     gen = LoadGen(http, target.url, target.tool, setup.era)
-    await gen.run(16, calls=500)
+    gid = setup.gateway_pid
+    await gen.run(16, calls=1000)
+    g0 = cpu_ms(gid)
+    plain = await gen.run(16, duration_s=min(seconds, 5.0))
+    plain_cpu_ms_per_call = (cpu_ms(gid) - g0) / max(1, plain.calls)
+    raw = OUT / f"profile-{stamp}-{target.key}.txt"
     proc = await asyncio.create_subprocess_exec(
         py_spy,
         "record",
+        "--nonblocking",
         "--pid",
-        str(setup.gateway_pid),
+        str(gid),
         "-r",
-        "400",
+        "250",
         "-d",
         str(int(seconds) + 2),
         "-f",
@@ -504,25 +579,82 @@ async def profile_gateway(
     )
     try:
         await asyncio.sleep(1.0)
-        g0 = cpu_ms(setup.gateway_pid)
+        g0 = cpu_ms(gid)
         result = await gen.run(16, duration_s=seconds)
-        g1 = cpu_ms(setup.gateway_pid)
+        g1 = cpu_ms(gid)
         await asyncio.wait_for(proc.wait(), seconds + 20)
     finally:
         if proc.returncode is None:
             proc.terminate()
             await proc.wait()
+    native: dict[str, Any] | None = None
+    if perf is not None:
+        data = OUT / f"perf-{stamp}-{target.key}.data"
+        perf_proc = await asyncio.create_subprocess_exec(
+            perf,
+            "record",
+            "-F",
+            "999",
+            "-p",
+            str(gid),
+            "-o",
+            str(data),
+            "--",
+            "sleep",
+            str(min(seconds, 8.0)),
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        try:
+            await gen.run(16, duration_s=min(seconds, 8.0) + 0.5)
+            await asyncio.wait_for(perf_proc.wait(), 30)
+        finally:
+            if perf_proc.returncode is None:
+                perf_proc.terminate()
+                await perf_proc.wait()
+        native = await asyncio.to_thread(perf_split, perf, data)
     from bench.profile_summary import parse, summarize
 
-    # Sampling ran ~1 s longer than the load on each side: only samples under load count (idle
-    # samples are not recorded), so shares are of the loaded window.
-    text = summarize(parse(raw), 30, result.calls, g1 - g0)
-    (OUT / f"profile-{stamp}-{target.key}.md").write_text(text + "\n")
+    # Shares are of the loaded window (py-spy records no idle samples); µs/call uses the CPU per
+    # call measured without a profiler attached.
+    text = summarize(parse(raw), 40, plain.calls, plain_cpu_ms_per_call * plain.calls)
+    header = [
+        f"# Gateway profile, {target.label}, c=16, {stamp}",
+        "",
+        f"- {pinned}.",
+        f"- Without a profiler: {plain.calls} calls in {plain.duration_s:.1f} s, gateway "
+        f"{plain_cpu_ms_per_call:.3f} ms CPU per call (the µs/call column scales shares by this).",
+        f"- Under py-spy (--nonblocking, 250 Hz): {result.calls} calls, "
+        f"{(g1 - g0) / max(1, result.calls):.3f} ms CPU per call.",
+        "",
+    ]
+    if native is not None:
+        header += [
+            "## Native split (perf, on-CPU samples)",
+            "",
+            f"CPython cyclic GC: {native['gc_pct']:.1f}%",
+            "",
+            "| share | library |",
+            "|---:|---|",
+        ]
+        header += [f"| {pct:.1f}% | {name} |" for pct, name in native["by_library"]]
+        header += ["", "| share | symbol |", "|---:|---|"]
+        header += [f"| {pct:.1f}% | `{name}` |" for pct, name in native["top_symbols"]]
+        header += ["", "## Python frames (py-spy)", ""]
+    (OUT / f"profile-{stamp}-{target.key}.md").write_text("\n".join(header) + text + "\n")
     say(
-        f"profile: {raw} ({result.calls} calls, gateway {(g1 - g0) / max(1, result.calls):.3f} ms CPU/call "
-        f"under py-spy)"
+        f"profile: {OUT / f'profile-{stamp}-{target.key}.md'} "
+        f"(gateway {plain_cpu_ms_per_call:.3f} ms CPU/call "
+        f"unprofiled, {(g1 - g0) / max(1, result.calls):.3f} under py-spy)"
     )
-    return {"raw": str(raw), "calls": result.calls, "gateway_cpu_ms": g1 - g0, "summary": text}
+    return {
+        "raw": str(raw),
+        "calls": result.calls,
+        "gateway_cpu_ms": g1 - g0,
+        "unprofiled_cpu_ms_per_call": plain_cpu_ms_per_call,
+        "native": native,
+        "pinned": pinned,
+    }
 
 
 # -- report ------------------------------------------------------------------------------------------
@@ -756,6 +888,8 @@ async def run_all(
             f"upstream pid {upstream.pid} on :{upstream_port}"
         )
         paths = targets(setup, plan)
+        if args.pin:
+            say(f"pinned: {pin_apart(setup)}")
         # Sessions first, on the fresh gateway: later the in-memory sink holds up to 200,000 events
         # (~1 KB each), which would swamp the sessions' share of the RSS.
         sessions = await measure_sessions(setup, plan, say) if plan.sessions else None
@@ -826,6 +960,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--write-results", action="store_true", help="put a dated section into bench/RESULTS.md"
     )
+    parser.add_argument("--pin", action="store_true", help="gateway on one CPU, everything else on the rest")
     parser.add_argument("--check", action="store_true", help="exit 3 when a goal is missed")
     parser.add_argument("--profile", action="store_true", help="afterwards, sample the gateway with py-spy")
     parser.add_argument("--profile-target", choices=("gw_single", "gw_agg", "gw_stdio"), default="gw_single")

@@ -21,6 +21,32 @@ from ingress.upstreams.base import JsonObject
 # Queue items are ready-to-send JSON bytes; None closes the stream.
 Outbox = asyncio.Queue[bytes | None]
 
+MAX_LOGGED_STREAMS = 32
+MAX_LOGGED_EVENTS = 1000
+
+
+@dataclass(slots=True, eq=False)
+class StreamLog:
+    """The events of one resumable POST stream (2025-11-25 SSE resumability), by event number."""
+
+    number: int
+    events: list[bytes] = field(default_factory=list)
+    done: bool = False
+    changed: asyncio.Event = field(default_factory=asyncio.Event)
+
+    def event_id(self, index: int) -> str:
+        return f"{self.number}-{index}"
+
+    def append(self, data: bytes) -> str:
+        if len(self.events) < MAX_LOGGED_EVENTS:
+            self.events.append(data)
+        self.changed.set()
+        return self.event_id(len(self.events))
+
+    def close(self) -> None:
+        self.done = True
+        self.changed.set()
+
 
 @dataclass(slots=True, eq=False)
 class AgentSession:
@@ -43,10 +69,29 @@ class AgentSession:
     # The agent's requests in flight, by their JSON-RPC id, so notifications/cancelled can stop them.
     inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
     subscriptions: dict[str, str] = field(default_factory=dict)  # resource URI -> server
+    stream_logs: dict[int, StreamLog] = field(default_factory=dict)
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_request_id(self) -> str:
         return f"gw-{next(self._ids)}"
+
+    def new_stream_log(self) -> StreamLog:
+        log = StreamLog(next(self._ids))
+        self.stream_logs[log.number] = log
+        while len(self.stream_logs) > MAX_LOGGED_STREAMS:
+            del self.stream_logs[next(iter(self.stream_logs))]
+        return log
+
+    def resume_point(self, last_event_id: str) -> tuple[StreamLog, int] | None:
+        number, _, index = last_event_id.partition("-")
+        try:
+            log = self.stream_logs.get(int(number))
+            position = int(index)
+        except ValueError:
+            return None
+        if log is None or not 0 <= position <= len(log.events):
+            return None
+        return log, position
 
     def touch(self) -> None:
         self.last_seen = time.monotonic()

@@ -9,6 +9,7 @@ before it is written. The legacy HTTP+SSE transport writes everything to the ses
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from typing import Any
 
 import orjson
@@ -25,6 +26,7 @@ from ingress.upstreams.base import CallContext
 
 # The HTTP status a 2026-07-28 answer carries for its JSON-RPC error (errors not listed stay 200).
 MODERN_ERROR_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -32021: 400, -32022: 400, -32601: 404}
+RETRY_MS = 1000  # how long a legacy client waits before resuming a dropped stream
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
                "X-Accel-Buffering": "no"}
 _CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
@@ -107,10 +109,15 @@ class AgentChannel:
 
 
 class PostChannel(AgentChannel):
-    """Streamable HTTP: the answer to one POST."""
+    """Streamable HTTP: the answer to one POST.
+
+    A `resumable` stream (a legacy 2025-11-25 session calling a tool, prompt or resource) opens
+    with a priming event and numbers every event; if the agent's connection drops, the call goes on
+    and a GET with `Last-Event-ID` picks up where it left off.
+    """
 
     def __init__(self, request: web.Request, recorder: Recorder, ctx: CallContext, session: AgentSession | None,
-                 answer_timeout_s: float, headers: dict[str, str] | None = None) -> None:
+                 answer_timeout_s: float, headers: dict[str, str] | None = None, resumable: bool = False) -> None:
         super().__init__(recorder, ctx, session, answer_timeout_s)
         self.http_request = request
         self.headers = headers or {}
@@ -118,28 +125,56 @@ class PostChannel(AgentChannel):
         accept = request.headers.get("Accept", "")
         self.can_stream = "text/event-stream" in accept or "*/*" in accept or not accept
         self._lock = asyncio.Lock()
+        self.log = session.new_stream_log() if resumable and session is not None and self.can_stream else None
+        self._detached = False
 
     async def _start_stream(self) -> web.StreamResponse:
         if self.stream is None:
             stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, **self.headers})
             await stream.prepare(self.http_request)
             self.stream = stream
+            if self.log is not None:
+                await self._write(f"id: {self.log.event_id(0)}\nretry: {RETRY_MS}\ndata: \n\n".encode())
         return self.stream
+
+    async def _write(self, data: bytes) -> None:
+        if self._detached or self.stream is None:
+            return
+        try:
+            await self.stream.write(data)
+        except (ConnectionError, RuntimeError):
+            if self.log is None:
+                raise
+            self._detached = True  # a dropped legacy stream is not a cancellation: the log keeps events
 
     async def _emit(self, wire: bytes) -> None:
         if not self.can_stream:
             return  # recorded, but this agent takes a single JSON answer only
         async with self._lock:
-            stream = await self._start_stream()
-            await stream.write(sse_event(wire))
+            await self._start_stream()
+            if self.log is not None:
+                event_id = self.log.append(wire)
+                await self._write(b"id: " + event_id.encode() + b"\n" + sse_event(wire))
+            else:
+                await self._write(sse_event(wire))
+
+    async def start(self) -> None:
+        """Open a resumable stream at once, so its priming event precedes the work."""
+        if self.log is not None:
+            async with self._lock:
+                await self._start_stream()
 
     async def finish(self, reply: Reply) -> web.StreamResponse:
         wire = orjson.dumps(reply.body)
         await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
         if self.stream is not None:
+            await self._emit(wire)
+            if self.log is not None:
+                self.log.close()
             async with self._lock:
-                await self.stream.write(sse_event(wire))
-                await self.stream.write_eof()
+                if not self._detached:
+                    with contextlib.suppress(ConnectionError, RuntimeError):
+                        await self.stream.write_eof()
             return self.stream
         status = reply.http_status
         if self.ctx.era == "modern" and status == 200:
@@ -152,6 +187,8 @@ class PostChannel(AgentChannel):
         """The agent cancelled the call: end the response without an answer, as the spec asks."""
         await self.recorder.flush(self.ctx)
         stream = await self._start_stream()
+        if self.log is not None:
+            self.log.close()
         await stream.write_eof()
         return stream
 

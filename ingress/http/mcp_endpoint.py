@@ -32,6 +32,7 @@ from schemas.events import EventType, Outcome
 log = logging.getLogger("mcpgw.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
+RESUMABLE_VERSIONS = frozenset({"2025-11-25"})
 KEEPALIVE_S = 15.0
 
 
@@ -133,29 +134,38 @@ class McpEndpoint:
         if ctx.era == "modern" and msg.method in MRTR_METHODS:
             return await self._request_mrtr(request, msg, ctx, target)
         headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
+        resumable = (session is not None and msg.method in MRTR_METHODS
+                     and session.protocol_version in RESUMABLE_VERSIONS)
         channel = PostChannel(request, gateway.recorder, ctx, session, gateway.config.limits.request_timeout_s,
-                              headers)
+                              headers, resumable)
         ctx.handler = channel
-        try:
-            if session is None:
+        if session is None:
+            try:
                 reply = await gateway.dispatcher.request(msg, ctx, target, session)
-            else:
-                task = asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, session))
-                session.inflight[msg.id] = task
-                try:
-                    reply = await task
-                except asyncio.CancelledError:
-                    if task.cancelled() and not _current_task_cancelling():
-                        return await channel.cancelled()  # notifications/cancelled from the agent
-                    raise
-                finally:
-                    session.inflight.pop(msg.id, None)
-        finally:
-            ctx.handler = None
-        if handshake and session is not None:
-            await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, detail=f"protocol "
-                                             f"{session.protocol_version}", server=target)
-        return await channel.finish(reply)
+            finally:
+                ctx.handler = None
+            return await channel.finish(reply)
+        await channel.start()
+
+        async def run() -> web.StreamResponse:
+            assert session is not None
+            try:
+                reply = await gateway.dispatcher.request(msg, ctx, target, session)
+            except asyncio.CancelledError:
+                return await channel.cancelled()  # notifications/cancelled from the agent
+            finally:
+                session.inflight.pop(msg.id, None)
+                ctx.handler = None
+            if handshake:
+                await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, server=target,
+                                                 detail=f"protocol {session.protocol_version}")
+            return await channel.finish(reply)
+
+        # A legacy agent's dropped connection is not a cancellation (only notifications/cancelled
+        # is), so the call runs on its own and a resumable stream keeps its events for GET.
+        task = asyncio.ensure_future(run())
+        session.inflight[msg.id] = task
+        return await asyncio.shield(task)
 
     async def _request_mrtr(self, request: web.Request, msg: Message, ctx: CallContext,
                             target: str) -> web.StreamResponse:
@@ -299,6 +309,9 @@ class McpEndpoint:
             return session
         if "text/event-stream" not in request.headers.get("Accept", "text/event-stream"):
             return web.Response(status=406, text="Not Acceptable: GET streams are text/event-stream")
+        last_event_id = request.headers.get("Last-Event-ID")
+        if last_event_id:
+            return await self._resume(request, session, last_event_id)
         if session.streams:
             return await refuse(self.gateway, ctx, 409, INVALID_REQUEST,
                                 "Conflict: this session already has a GET stream open", Outcome.REFUSED)
@@ -313,6 +326,26 @@ class McpEndpoint:
                 session.streams.remove(outbox)
         return stream
 
+    async def _resume(self, request: web.Request, session: AgentSession, last_event_id: str) -> web.StreamResponse:
+        """Replay a dropped POST stream after `Last-Event-ID`, then follow it to its end."""
+        point = session.resume_point(last_event_id)
+        if point is None:
+            return web.Response(status=404, text=f"no stream to resume at event {last_event_id!r}")
+        log, position = point
+        stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, SESSION_HEADER: session.id})
+        await stream.prepare(request)
+        while True:
+            log.changed.clear()
+            while position < len(log.events):
+                data = log.events[position]
+                position += 1
+                await stream.write(f"id: {log.event_id(position)}\n".encode() + sse_event(data))
+            if log.done:
+                break
+            await log.changed.wait()
+        await stream.write_eof()
+        return stream
+
     async def delete(self, request: web.Request) -> web.StreamResponse:
         ctx = base_context(request, "streamable_http")
         session = await self._session_of(request, ctx)
@@ -320,11 +353,6 @@ class McpEndpoint:
             return session
         await self.gateway.close_session(session, "closed by the agent (DELETE)")
         return web.Response(status=200)
-
-
-def _current_task_cancelling() -> bool:
-    task = asyncio.current_task()
-    return task is not None and task.cancelling() > 0
 
 
 async def _pump(stream: web.StreamResponse, outbox: asyncio.Queue[bytes | None]) -> None:

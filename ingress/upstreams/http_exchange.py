@@ -108,6 +108,10 @@ class HttpExchange(HttpUpstreamBase):
             raise self._transport_error(exc, generation) from exc
         except SseError as exc:
             raise UpstreamProtocolError(self.name, f"{call.method}: broken event stream: {exc}") from exc
+        except RuntimeError as exc:
+            if http.closed:  # stop() closed the session under this call
+                raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
+            raise
         return body, raw, resp
 
     async def _read_answer(
@@ -136,6 +140,8 @@ class HttpExchange(HttpUpstreamBase):
                 return (body if body.get("id") == expect_id else {**body, "id": expect_id}), raw
         text = raw or (await resp.content.read(300) if ctype.startswith("text/") else b"")
         detail = f"{call.method} was answered with HTTP {status} {resp.reason or ''}".rstrip()
+        if 300 <= status < 400:
+            detail += f" to {resp.headers.get('Location', '?')} (redirects are not followed)"
         if text:
             detail += f": {text[:300].decode('utf-8', 'replace')}"
         if status in _GATEWAY_ERRORS:
@@ -280,6 +286,10 @@ class HttpExchange(HttpUpstreamBase):
                                                 f"{text.decode('utf-8', 'replace')}")
         except aiohttp.ClientError as exc:
             raise self._transport_error(exc, generation) from exc
+        except RuntimeError as exc:
+            if http.closed:
+                raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
+            raise
 
     async def _cancel_upstream(self, uid: int, reason: str, ctx: CallContext) -> None:
         note = {"jsonrpc": "2.0", "method": "notifications/cancelled",

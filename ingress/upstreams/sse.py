@@ -134,6 +134,10 @@ class SseUpstream(HttpUpstreamBase):
                     raise UpstreamProtocolError(self.name, detail)
         except aiohttp.ClientError as exc:
             raise self._transport_error(exc, self._generation) from exc
+        except RuntimeError as exc:
+            if http.closed:  # stop() closed the session under this call
+                raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
+            raise
 
     async def _disconnect(self, final: bool) -> None:
         peer, self._peer = self._peer, None

@@ -1,4 +1,5 @@
-"""SseUpstream (the deprecated 2024-11-05 HTTP+SSE transport) against the real `mcp-server-everything sse`."""
+"""SseUpstream (the deprecated 2024-11-05 HTTP+SSE transport) against the real `mcp-server-everything sse`,
+and the SSE codec it and the Streamable HTTP connector share."""
 
 from __future__ import annotations
 
@@ -11,6 +12,7 @@ import orjson
 import pytest
 
 from ingress.config import HttpServerConfig
+from ingress.sse_codec import SseError, SseEvent, SseParser, format_event
 from ingress.upstreams.base import CallContext, JsonObject, UpstreamState
 from ingress.upstreams.errors import UpstreamTimeout, UpstreamUnavailable
 from ingress.upstreams.sse import SseUpstream
@@ -23,8 +25,6 @@ from tests.peers.everything import (
     everything_server,
     system_ctx,
 )
-
-pytestmark = [pytest.mark.integration, pytest.mark.node]
 
 READY_S = 20.0
 
@@ -67,6 +67,8 @@ def text_of(response: JsonObject) -> str:
     return str(response["result"]["content"][0]["text"])
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_connects_through_the_endpoint_event_and_initializes(everything: EverythingServer) -> None:
     async with connected(everything.url) as h:
         info = h.upstream.info
@@ -77,6 +79,7 @@ async def test_connects_through_the_endpoint_event_and_initializes(everything: E
         assert h.observer.states[:2] == [UpstreamState.CONNECTING, UpstreamState.READY]
 
 
+@pytest.mark.integration
 async def test_modern_protocol_is_refused() -> None:
     h = Harness("http://127.0.0.1:9/sse", "modern")
     await h.upstream.start()
@@ -87,6 +90,8 @@ async def test_modern_protocol_is_refused() -> None:
         await h.upstream.stop()
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_list_and_concurrent_calls_restore_ids(everything: EverythingServer) -> None:
     async with connected(everything.url) as h:
         body = {"jsonrpc": "2.0", "id": "l", "method": "tools/list"}
@@ -100,6 +105,8 @@ async def test_list_and_concurrent_calls_restore_ids(everything: EverythingServe
         assert len({r.body["id"] for r in h.tap.of("sent", "tools/call")}) == 2
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_progress_and_server_requests_reach_the_call(everything: EverythingServer) -> None:
     def answer(body: JsonObject) -> JsonObject:
         return {"jsonrpc": "2.0", "id": None, "result": {
@@ -121,6 +128,8 @@ async def test_progress_and_server_requests_reach_the_call(everything: Everythin
         assert "sampling/createMessage" in h.tap.methods("received")
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_timeout_cancels_upstream(everything: EverythingServer) -> None:
     async with connected(everything.url) as h:
         with pytest.raises(UpstreamTimeout):
@@ -130,6 +139,8 @@ async def test_timeout_cancels_upstream(everything: EverythingServer) -> None:
         assert [c.body["params"]["requestId"] for c in cancels] == [upstream_id]
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_stream_drop_fails_calls_then_reconnects(everything: EverythingServer) -> None:
     async with connected(everything.url) as h:
         pending = asyncio.create_task(h.call("trigger-long-running-operation", {"duration": 5, "steps": 5}))
@@ -146,6 +157,8 @@ async def test_stream_drop_fails_calls_then_reconnects(everything: EverythingSer
         assert len(h.tap.of("sent", "initialize")) == 2
 
 
+@pytest.mark.integration
+@pytest.mark.node
 async def test_stop_leaves_no_tasks_behind(everything: EverythingServer) -> None:
     before = asyncio.all_tasks()
     h = Harness(everything.url)
@@ -156,3 +169,49 @@ async def test_stop_leaves_no_tasks_behind(everything: EverythingServer) -> None
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
     assert h.upstream.status.state is UpstreamState.STOPPED
+
+
+# -- the SSE codec ------------------------------------------------------------------------
+
+STREAM = (
+    b": keepalive\r\n\r\n"
+    b"event: endpoint\r\ndata: /message?sessionId=1\r\n\r\n"
+    b"id: 7\nretry: 250\ndata: \n\n"  # a priming event: id and retry, empty data
+    b"data: {\"a\":\ndata: 1}\n\n"
+    b"event: message\ndata:no-space\nid: 8\n\n"
+    b"data: never finished"
+)
+EXPECTED = [
+    SseEvent("endpoint", b"/message?sessionId=1"),
+    SseEvent("message", b"", "7", 250),
+    SseEvent("message", b'{"a":\n1}'),
+    SseEvent("message", b"no-space", "8"),
+]
+
+
+def test_parser_handles_crlf_comments_fields_and_an_unfinished_tail() -> None:
+    assert SseParser().feed(STREAM) == EXPECTED
+
+
+def test_parser_is_incremental_at_every_byte_boundary() -> None:
+    parser = SseParser()
+    events = [event for i in range(len(STREAM)) for event in parser.feed(STREAM[i:i + 1])]
+    assert events == EXPECTED
+
+
+def test_parser_bounds_event_size() -> None:
+    with pytest.raises(SseError):
+        SseParser(max_event_bytes=16).feed(b"data: " + b"x" * 64 + b"\n\n")
+    with pytest.raises(SseError):  # an endless line without a terminator
+        SseParser(max_event_bytes=16).feed(b"data: " + b"x" * 64)
+
+
+def test_format_event_round_trips() -> None:
+    framed = format_event(b'{"jsonrpc":"2.0"}', "message", "e-1") + format_event(b"two\nlines")
+    assert framed.startswith(b"event: message\nid: e-1\ndata: ")
+    assert SseParser().feed(framed) == [
+        SseEvent("message", b'{"jsonrpc":"2.0"}', "e-1"),
+        SseEvent("message", b"two\nlines"),
+    ]
+    with pytest.raises(ValueError):
+        format_event(b"x", "bad\nname")

@@ -18,19 +18,41 @@ import orjson
 import pytest
 import uvicorn
 from mcp.server.mcpserver import Context, MCPServer
-from mcp_types import CallToolResult, InputRequiredResult, TextContent
+from mcp.server.streamable_http import EventCallback, EventMessage, EventStore
+from mcp_types import CallToolResult, InputRequiredResult, JSONRPCMessage, TextContent
 from pydantic import Field
 
 from ingress.config import HttpServerConfig
 from ingress.upstreams.base import CallContext, JsonObject, UpstreamState
 from ingress.upstreams.errors import UpstreamTimeout, UpstreamUnavailable
+from ingress.upstreams.mcp_headers import encode_value, param_headers, tool_param_headers
 from ingress.upstreams.streamable_http import StreamableHttpUpstream
 from tests.peers.everything import Observer, RecordingHandler, RecordingTap, eventually, free_port, system_ctx
 
-pytestmark = pytest.mark.integration
-
 READY_S = 20.0
 PV = "io.modelcontextprotocol/protocolVersion"
+
+
+class MemoryEventStore(EventStore):
+    """Lets the legacy side of the SDK server close a POST stream early and be resumed."""
+
+    def __init__(self) -> None:
+        self.events: list[tuple[str, str, JSONRPCMessage | None]] = []
+
+    async def store_event(self, stream_id: str, message: JSONRPCMessage | None) -> str:
+        event_id = str(len(self.events) + 1)
+        self.events.append((event_id, stream_id, message))
+        return event_id
+
+    async def replay_events_after(self, last_event_id: str, send_callback: EventCallback) -> str | None:
+        stream = next((s for e, s, _ in self.events if e == last_event_id), None)
+        if stream is None:
+            return None
+        after = int(last_event_id)
+        for event_id, stream_id, message in self.events[after:]:
+            if stream_id == stream and message is not None:
+                await send_callback(EventMessage(message, event_id))
+        return stream
 
 
 class ModernServer:
@@ -79,6 +101,14 @@ class ModernServer:
             })
 
         @mcp.tool()
+        async def polled(ctx: Context) -> str:
+            await ctx.report_progress(1, 2)
+            await ctx.close_sse_stream()  # the client must come back with Last-Event-ID
+            await anyio.sleep(0.3)
+            await ctx.report_progress(2, 2)
+            return "polled"
+
+        @mcp.tool()
         async def change(ctx: Context) -> str:
             await ctx.notify_tools_changed()
             return "changed"
@@ -96,8 +126,9 @@ class ModernServer:
         return mcp
 
     async def start(self) -> None:
-        config = uvicorn.Config(self._build().streamable_http_app(), host="127.0.0.1", port=self.port,
-                                log_level="warning", timeout_graceful_shutdown=1)
+        app = self._build().streamable_http_app(event_store=MemoryEventStore(), retry_interval=50)
+        config = uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning",
+                                timeout_graceful_shutdown=1)
         server = uvicorn.Server(config)
         self._server = server
         self._thread = threading.Thread(target=server.run, name=f"modern-mcp-{self.port}", daemon=True)
@@ -152,6 +183,7 @@ def text_of(response: JsonObject) -> str:
     return str(response["result"]["content"][0]["text"])
 
 
+@pytest.mark.integration
 async def test_auto_adopts_the_modern_era_from_discover(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         info = h.upstream.info
@@ -164,6 +196,7 @@ async def test_auto_adopts_the_modern_era_from_discover(modern: ModernServer) ->
         assert "initialize" not in h.tap.methods("sent")
 
 
+@pytest.mark.integration
 async def test_legacy_mode_initializes_the_dual_era_server(modern: ModernServer) -> None:
     async with connected(modern.url, "legacy") as h:
         assert h.upstream.info is not None and h.upstream.info.era == "legacy"
@@ -172,6 +205,17 @@ async def test_legacy_mode_initializes_the_dual_era_server(modern: ModernServer)
         assert response["id"] == "x" and text_of(response) == "old wire"
 
 
+@pytest.mark.integration
+async def test_legacy_stream_closed_early_is_resumed_with_last_event_id(modern: ModernServer) -> None:
+    async with connected(modern.url, "legacy") as h:
+        handler = RecordingHandler()
+        response = await h.call("polled", {}, id="p", ctx=CallContext("r", handler=handler),
+                                extra={"_meta": {"progressToken": "pt"}})
+        assert response["id"] == "p" and text_of(response) == "polled"
+        assert [n["params"]["progress"] for n in handler.notifications] == [1, 2]
+
+
+@pytest.mark.integration
 async def test_call_carries_the_envelope_and_keeps_the_agents_id(modern: ModernServer) -> None:
     async with connected(modern.url, "modern") as h:
         response = await h.call("echo", {"text": "hi"}, id=42, extra={"_meta": {"trace": "t-1"}})
@@ -190,6 +234,7 @@ async def test_call_carries_the_envelope_and_keeps_the_agents_id(modern: ModernS
         assert set(seen["caps"]) == {"roots", "sampling", "elicitation"}
 
 
+@pytest.mark.integration
 async def test_concurrent_calls_with_the_same_agent_id(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         results = await asyncio.gather(*(h.call("echo", {"text": str(i)}, id=7) for i in range(5)))
@@ -197,6 +242,7 @@ async def test_concurrent_calls_with_the_same_agent_id(modern: ModernServer) -> 
         assert sorted(text_of(r) for r in results) == ["0", "1", "2", "3", "4"]
 
 
+@pytest.mark.integration
 async def test_progress_on_the_response_stream(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         handler = RecordingHandler()
@@ -210,6 +256,7 @@ async def test_progress_on_the_response_stream(modern: ModernServer) -> None:
             assert orjson.loads(record.wire) == record.body
 
 
+@pytest.mark.integration
 async def test_input_required_results_come_back_as_they_are(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         agent = CallContext("mrtr", era="modern", client_capabilities={"elicitation": {}})
@@ -224,6 +271,7 @@ async def test_input_required_results_come_back_as_they_are(modern: ModernServer
         assert "hello" in text_of(second)
 
 
+@pytest.mark.integration
 async def test_listen_stream_delivers_change_notifications(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         await eventually(lambda: bool(h.tap.of("received", "notifications/subscriptions/acknowledged")),
@@ -237,6 +285,7 @@ async def test_listen_stream_delivers_change_notifications(modern: ModernServer)
         assert all(m["method"] != "notifications/subscriptions/acknowledged" for m in h.observer.unsolicited)
 
 
+@pytest.mark.integration
 async def test_name_and_param_headers_survive_server_validation(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         await h.upstream.request({"jsonrpc": "2.0", "id": 1, "method": "tools/list"}, CallContext("l"), 10)
@@ -245,6 +294,7 @@ async def test_name_and_param_headers_survive_server_validation(modern: ModernSe
         assert text_of(response) == "hello from Zürich"
 
 
+@pytest.mark.integration
 async def test_unknown_method_error_is_returned_with_the_agents_id(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         response = await h.upstream.request({"jsonrpc": "2.0", "id": "q", "method": "nope/nothing"},
@@ -252,6 +302,7 @@ async def test_unknown_method_error_is_returned_with_the_agents_id(modern: Moder
         assert response["id"] == "q" and response["error"]["code"] == -32601
 
 
+@pytest.mark.integration
 async def test_timeout_closes_the_stream_and_the_server_stops_working(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         with pytest.raises(UpstreamTimeout):
@@ -260,6 +311,7 @@ async def test_timeout_closes_the_stream_and_the_server_stops_working(modern: Mo
         assert not h.tap.of("sent", "notifications/cancelled")  # on this wire the close is the signal
 
 
+@pytest.mark.integration
 async def test_server_stopped_then_restarted(modern: ModernServer) -> None:
     async with connected(modern.url) as h:
         await modern.stop()
@@ -272,6 +324,7 @@ async def test_server_stopped_then_restarted(modern: ModernServer) -> None:
         assert h.observer.states[-1] is UpstreamState.READY
 
 
+@pytest.mark.integration
 async def test_stop_leaves_no_tasks_behind(modern: ModernServer) -> None:
     before = asyncio.all_tasks()
     h = Harness(modern.url)
@@ -283,3 +336,37 @@ async def test_stop_leaves_no_tasks_behind(modern: ModernServer) -> None:
     await h.upstream.stop()
     await asyncio.sleep(0)
     assert asyncio.all_tasks() - before == set()
+
+
+# -- request-metadata header encoding (spec table, Value Encoding) -------------------------
+
+
+@pytest.mark.parametrize(("value", "header"), [
+    ("us-west1", "us-west1"),
+    ("Hello, 世界", "=?base64?SGVsbG8sIOS4lueVjA==?="),
+    (" padded ", "=?base64?IHBhZGRlZCA=?="),
+    ("line1\nline2", "=?base64?bGluZTEKbGluZTI=?="),
+    ("=?base64?literal?=", "=?base64?PT9iYXNlNjQ/bGl0ZXJhbD89?="),
+])
+def test_header_values_use_the_base64_sentinel_when_needed(value: str, header: str) -> None:
+    assert encode_value(value) == header
+
+
+def test_param_headers_follow_x_mcp_header_annotations() -> None:
+    tool = {"name": "t", "inputSchema": {"type": "object", "properties": {
+        "region": {"type": "string", "x-mcp-header": "Region"},
+        "opts": {"type": "object", "properties": {
+            "dry": {"type": "boolean", "x-mcp-header": "Dry"},
+            "n": {"type": "integer", "x-mcp-header": "N"},
+        }},
+        "note": {"type": "string"},
+    }}}
+    specs = tool_param_headers(tool)
+    assert specs == [("Mcp-Param-Region", ("region",)), ("Mcp-Param-Dry", ("opts", "dry")),
+                     ("Mcp-Param-N", ("opts", "n"))]
+    assert param_headers({"region": "Zürich", "opts": {"dry": True, "n": None}}, specs) == [
+        ("Mcp-Param-Region", "=?base64?WsO8cmljaA==?="), ("Mcp-Param-Dry", "true")]
+    number = {"inputSchema": {"properties": {"x": {"type": "number", "x-mcp-header": "X"}}}}
+    twice = {"inputSchema": {"properties": {"a": {"type": "string", "x-mcp-header": "A"},
+                                            "b": {"type": "string", "x-mcp-header": "a"}}}}
+    assert tool_param_headers(number) is None and tool_param_headers(twice) is None
