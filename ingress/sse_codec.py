@@ -56,10 +56,8 @@ class SseParser:
         events: list[SseEvent] = []
         start = 0
         find = buf.find
-        while True:
-            nl = find(b"\n", max(start, self._scan))
-            if nl < 0:
-                break
+        nl = find(b"\n", self._scan)
+        while nl >= 0:
             end = nl - 1 if nl > start and buf[nl - 1] == 13 else nl
             if end == start:
                 if self._seen:
@@ -67,7 +65,7 @@ class SseParser:
             else:
                 self._field(bytes(buf[start:end]))
             start = nl + 1
-            self._scan = 0
+            nl = find(b"\n", start)
         if start:
             del buf[:start]
         self._scan = len(buf)

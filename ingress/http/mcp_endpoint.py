@@ -90,6 +90,7 @@ class McpEndpoint:
             ctx.client_info = info if isinstance(info, dict) else None
             level = meta.get(eras.META_LOG_LEVEL)
             ctx.log_level = level if isinstance(level, str) else None
+            ctx.mirror_headers = _mirrored(request, msg.method)
         elif detected.handshake:
             if not msg.is_request:
                 return await refuse(gateway, ctx, 400, INVALID_REQUEST, "initialize must be a request (with an id)",
@@ -353,6 +354,15 @@ class McpEndpoint:
             return session
         await self.gateway.close_session(session, "closed by the agent (DELETE)")
         return web.Response(status=200)
+
+
+def _mirrored(request: web.Request, method: str) -> dict[str, str] | None:
+    """Metadata headers to relay to a modern upstream (the connector recomputes the ones it knows)."""
+    mirrored = {k: v for k, v in request.headers.items() if k.lower().startswith("mcp-param-")}
+    name = request.headers.get("Mcp-Name")
+    if name is not None and method not in eras.NAMED_METHODS:
+        mirrored["Mcp-Name"] = name
+    return mirrored or None
 
 
 async def _pump(stream: web.StreamResponse, outbox: asyncio.Queue[bytes | None]) -> None:

@@ -52,6 +52,9 @@ class CallContext:
     client_capabilities: JsonObject | None = None
     client_info: JsonObject | None = None
     log_level: str | None = None
+    # Request-metadata headers of a modern agent to relay upstream when the gateway does not compute
+    # them itself (Mcp-Name of methods it does not know, Mcp-Param-* it has no annotation for).
+    mirror_headers: dict[str, str] | None = None
     trace_id: str = ""
     span_id: str = ""
     handler: CallHandler | None = None

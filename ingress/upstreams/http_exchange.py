@@ -291,6 +291,11 @@ class HttpExchange(HttpUpstreamBase):
                 raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
             raise
 
+    def _cancel_later(self, uid: int, reason: str, ctx: CallContext) -> None:
+        # In the background: neither the timeout nor the cancellation should wait for the POST.
+        if not self._stopping:
+            self._spawn(self._cancel_upstream(uid, reason, ctx))
+
     async def _cancel_upstream(self, uid: int, reason: str, ctx: CallContext) -> None:
         note = {"jsonrpc": "2.0", "method": "notifications/cancelled",
                 "params": {"requestId": uid, "reason": reason}}

@@ -146,10 +146,10 @@ class StreamableHttpUpstream(HttpHandshake):
             async with asyncio.timeout(limit_s):
                 response = await self._legacy_send(out, uid, call, generation)
         except TimeoutError:
-            self._spawn(self._cancel_upstream(uid, f"no answer within {limit_s:g}s", ctx))
+            self._cancel_later(uid, f"no answer within {limit_s:g}s", ctx)
             raise UpstreamTimeout(self.name, f"{call.method} got no answer within {limit_s:g}s") from None
         except asyncio.CancelledError:
-            self._spawn(self._cancel_upstream(uid, "cancelled by the client", ctx))
+            self._cancel_later(uid, "cancelled by the client", ctx)
             raise
         finally:
             del self._calls[uid]
@@ -195,6 +195,8 @@ class StreamableHttpUpstream(HttpHandshake):
         name_field = NAME_PARAM.get(method)
         name = params.get(name_field) if name_field is not None else None
         headers = self._headers_for(method, name if isinstance(name, str) else None)
+        if ctx.mirror_headers:
+            headers = {**ctx.mirror_headers, **headers}
         if self._param_specs and method == "tools/call" and isinstance(name, str):
             specs = self._param_specs.get(name)
             if specs:

@@ -60,7 +60,7 @@ def parse_sse(raw: bytes) -> list[dict[str, Any]]:
     messages: list[dict[str, Any]] = []
     for block in raw.replace(b"\r\n", b"\n").split(b"\n\n"):
         data = [line[5:].lstrip() for line in block.split(b"\n") if line.startswith(b"data:")]
-        if data:
+        if b"".join(data).strip():  # an empty data field is a priming event, not a message
             messages.append(json.loads(b"\n".join(data)))
     return messages
 
@@ -269,6 +269,8 @@ class SseStream:
                 line = line.rstrip(b"\r\n")
                 if line.startswith(b"data:"):
                     data.append(line[5:].lstrip())
+                elif not line and data and not b"".join(data).strip():
+                    data = []  # a priming event (id and retry only): not a message
                 elif not line and data:
                     message = json.loads(b"\n".join(data))
                     self.seen.append(message)

@@ -77,8 +77,7 @@ async def test_failing_upstream_beside_a_healthy_one(failing: str) -> None:
 async def test_healthy_upstream_that_dies_keeps_its_last_good_list_and_readiness_flips() -> None:
     other = time_server()
     other["args"] = [*other["args"][:-1], "Europe/Paris"]
-    slow_restart = {**other, "restart": {"initial_delay_s": 60, "max_delay_s": 60}}
-    config = {"servers": {"time": time_server(), "other": slow_restart}}
+    config = {"servers": {"time": time_server(), "other": {**other, "restart": {"max_restarts": 0}}}}
     async with running_gateway(config) as gw, aiohttp.ClientSession() as http:
         status, _ = await readyz(http, gw.base)
         assert status == 200
@@ -99,3 +98,27 @@ async def test_healthy_upstream_that_dies_keeps_its_last_good_list_and_readiness
         assert answer.status == 200 and answer.result.get("isError") is not True
         modern_names, legacy_names = await aggregate_tool_names(http, gw.url)
         assert modern_names == legacy_names == TIME_TOOLS + ["other__get_current_time", "other__convert_time"]
+
+
+SLOW_FIRST_START = """
+import os, runpy, sys, time
+marker = sys.argv[1]
+if not os.path.exists(marker):
+    open(marker, "w").close()
+    time.sleep(4)  # the first start is slower than startup_timeout_s; later ones are not
+sys.argv = ["mcp_server_time", "--local-timezone", "UTC"]
+runpy.run_module("mcp_server_time", run_name="__main__")
+"""
+
+
+async def test_upstream_whose_first_handshake_times_out_recovers(tmp_path: Any) -> None:
+    """A server that misses its first `initialize` deadline (slow disk, cold cache) must not stay
+    down for good while its process runs: the gateway retries (handshake or restart)."""
+    slow = {"command": sys.executable, "args": ["-c", SLOW_FIRST_START, str(tmp_path / "started-once")],
+            "startup_timeout_s": 2, "restart": {"initial_delay_s": 0.2, "max_delay_s": 1}}
+    async with running_gateway({"servers": {"slow": slow}}, wait_ready_s=0) as gw, aiohttp.ClientSession() as http:
+        await gw.sink.wait_for(lambda e: e.event_type is EventType.UPSTREAM_LOST and e.server == "slow", 15)
+        assert await gw.gateway.upstreams["slow"].wait_ready(30), (
+            f"still {gw.gateway.upstreams['slow'].status} after 30 s")
+        answer = await modern_call(http, gw.url, "slow__get_current_time", {"timezone": "UTC"})
+        assert answer.status == 200 and answer.result.get("isError") is not True

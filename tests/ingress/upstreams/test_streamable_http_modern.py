@@ -13,6 +13,7 @@ import threading
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
 
+import aiohttp
 import anyio
 import orjson
 import pytest
@@ -213,6 +214,21 @@ async def test_legacy_stream_closed_early_is_resumed_with_last_event_id(modern: 
                                 extra={"_meta": {"progressToken": "pt"}})
         assert response["id"] == "p" and text_of(response) == "polled"
         assert [n["params"]["progress"] for n in handler.notifications] == [1, 2]
+
+
+@pytest.mark.integration
+async def test_legacy_session_gone_is_reinitialized_once_and_the_call_retried(modern: ModernServer) -> None:
+    async with connected(modern.url, "legacy") as h:
+        stale = h.upstream._session_id
+        assert stale is not None
+        async with aiohttp.ClientSession() as http:  # the server forgets the session (404 from now on)
+            headers = {"Mcp-Session-Id": stale, "MCP-Protocol-Version": "2025-11-25"}
+            async with http.delete(modern.url, headers=headers) as resp:
+                assert resp.status in (200, 204)
+        response = await h.call("echo", {"text": "again"}, id="r")
+        assert response["id"] == "r" and text_of(response) == "again"
+        assert h.upstream._session_id not in (None, stale)
+        assert len(h.tap.of("sent", "initialize")) >= 2
 
 
 @pytest.mark.integration
