@@ -23,6 +23,7 @@ class Identity:
 @dataclass(frozen=True, slots=True)
 class AuthFailure:
     reason: str  # said in the 401 and recorded in the refusal event
+    missing: bool = False  # no credentials at all (RFC 6750: the challenge then carries no error code)
 
 
 ANONYMOUS = Identity("anonymous", "default")
@@ -43,7 +44,7 @@ class Authenticator:
         if self.open:
             return ANONYMOUS
         if not authorization:
-            return AuthFailure("missing bearer token: send Authorization: Bearer <api key>")
+            return AuthFailure("missing bearer token: send Authorization: Bearer <api key>", missing=True)
         scheme, _, token = authorization.partition(" ")
         if scheme.lower() != "bearer" or not token.strip():
             return AuthFailure("the Authorization header must be 'Bearer <api key>'")

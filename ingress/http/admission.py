@@ -35,7 +35,8 @@ async def refuse(gateway: Gateway, ctx: CallContext, status: int, code: int, mes
 
 
 def resource_metadata_url(request: web.Request) -> str:
-    return f"{request.scheme}://{request.host}/.well-known/oauth-protected-resource"
+    """RFC 9728: the metadata of resource https://host/path lives at /.well-known/oauth-protected-resource/path."""
+    return f"{request.scheme}://{request.host}/.well-known/oauth-protected-resource{request.path}"
 
 
 async def admit(gateway: Gateway, request: web.Request, ctx: CallContext) -> Identity | web.Response:
@@ -46,8 +47,9 @@ async def admit(gateway: Gateway, request: web.Request, ctx: CallContext) -> Ide
                             "listen.allowed_origins", Outcome.FORBIDDEN)
     identity = gateway.auth.authenticate(request.headers.get("Authorization"))
     if isinstance(identity, AuthFailure):
-        challenge = (f'Bearer error="invalid_token", error_description="{identity.reason}", '
-                     f'resource_metadata="{resource_metadata_url(request)}"')
+        metadata = f'resource_metadata="{resource_metadata_url(request)}"'
+        challenge = (f"Bearer {metadata}" if identity.missing else
+                     f'Bearer error="invalid_token", error_description="{identity.reason}", {metadata}')
         return await refuse(gateway, ctx, 401, UNAUTHENTICATED, f"Unauthorized: {identity.reason}",
                             Outcome.UNAUTHENTICATED, headers={"WWW-Authenticate": challenge})
     ctx.principal = identity.principal

@@ -34,8 +34,9 @@ def build_app(gateway: Gateway) -> web.Application:
         return _json(state, 200 if state["ready"] else 503)
 
     async def protected_resource(request: web.Request) -> web.Response:
+        path = request.match_info.get("path", "mcp")
         return _json({
-            "resource": f"{request.scheme}://{request.host}/mcp",
+            "resource": f"{request.scheme}://{request.host}/{path}",
             "authorization_servers": [],
             "bearer_methods_supported": ["header"],
             "resource_name": "mcp-audit-gateway",

@@ -37,13 +37,14 @@ class LegacySseEndpoint:
 
     async def connect(self, request: web.Request) -> web.StreamResponse:
         gateway = self.gateway
-        target = self._target(request)
-        if target is None:
-            raise web.HTTPNotFound(text=f"no server named {request.match_info.get('server')!r}")
         ctx = base_context(request, "sse")
         admitted = await admit(gateway, request, ctx)
         if isinstance(admitted, web.Response):
             return admitted
+        target = self._target(request)
+        if target is None:
+            return await refuse(gateway, ctx, 404, INVALID_REQUEST,
+                                f"no server named {request.match_info.get('server')!r}", Outcome.REFUSED)
         try:
             session = gateway.sessions.open(ctx.principal, ctx.tenant, target, "sse")
         except SessionLimitReached as exc:
@@ -69,13 +70,14 @@ class LegacySseEndpoint:
 
     async def message(self, request: web.Request) -> web.StreamResponse:
         gateway = self.gateway
-        target = self._target(request)
-        if target is None:
-            raise web.HTTPNotFound(text=f"no server named {request.match_info.get('server')!r}")
         ctx = base_context(request, "sse")
         admitted = await admit(gateway, request, ctx)
         if isinstance(admitted, web.Response):
             return admitted
+        target = self._target(request)
+        if target is None:
+            return await refuse(gateway, ctx, 404, INVALID_REQUEST,
+                                f"no server named {request.match_info.get('server')!r}", Outcome.REFUSED)
         session = gateway.sessions.get(request.query.get("sessionId", ""), ctx.principal, target)
         if session is None:
             return await refuse(gateway, ctx, 404, INVALID_REQUEST,

@@ -44,24 +44,24 @@ class McpEndpoint:
         target = request.match_info.get("server", "")
         return target if not target or target in self.gateway.upstreams else None
 
-    async def _unknown_server(self, request: web.Request) -> web.Response:
+    async def _unknown_server(self, request: web.Request, ctx: CallContext) -> web.Response:
         name = request.match_info.get("server", "")
         known = ", ".join(self.gateway.upstreams) or "none"
-        body = orjson.dumps(error_body(None, INVALID_REQUEST, f"no server named {name!r} (configured: {known})"))
-        return web.Response(status=404, body=body, content_type="application/json")
+        return await refuse(self.gateway, ctx, 404, INVALID_REQUEST, f"no server named {name!r} (configured: {known})",
+                            Outcome.REFUSED)
 
     # -- POST ---------------------------------------------------------------------------------------
 
     async def post(self, request: web.Request) -> web.StreamResponse:
         gateway = self.gateway
-        target = self._target(request)
-        if target is None:
-            return await self._unknown_server(request)
         ctx = base_context(request, "streamable_http")
-        ctx.server = target
         admitted = await admit(gateway, request, ctx)
         if isinstance(admitted, web.Response):
             return admitted
+        target = self._target(request)
+        if target is None:
+            return await self._unknown_server(request, ctx)
+        ctx.server = target
         data = await read_body(gateway, request, ctx)
         if isinstance(data, web.Response):
             return data
@@ -283,12 +283,12 @@ class McpEndpoint:
 
     async def _session_of(self, request: web.Request, ctx: CallContext) -> AgentSession | web.Response:
         gateway = self.gateway
-        target = self._target(request)
-        if target is None:
-            return await self._unknown_server(request)
         admitted = await admit(gateway, request, ctx)
         if isinstance(admitted, web.Response):
             return admitted
+        target = self._target(request)
+        if target is None:
+            return await self._unknown_server(request, ctx)
         session_id = request.headers.get(SESSION_HEADER)
         if not session_id:
             return await refuse(gateway, ctx, 405, INVALID_REQUEST,

@@ -193,7 +193,7 @@ class JsonRpcPeer:
         elif message.kind is Kind.NOTIFICATION:
             owner = self._owner_of_notification(body)
             if owner is not None:
-                owner.tail = self._spawn(self._deliver(owner, body, data))
+                owner.tail = self._spawn(self._deliver(owner, body, data, owner.tail))
             else:
                 self._unsolicited_tail = self._spawn(self._unsolicited(body, data, self._unsolicited_tail))
         else:
@@ -214,8 +214,8 @@ class JsonRpcPeer:
             return next(iter(self._pending.values()))
         return None
 
-    async def _deliver(self, pending: _Pending, body: JsonObject, wire: bytes) -> None:
-        previous = pending.tail
+    async def _deliver(self, pending: _Pending, body: JsonObject, wire: bytes,
+                       previous: asyncio.Task[None] | None) -> None:
         if previous is not None:
             with contextlib.suppress(Exception):
                 await previous

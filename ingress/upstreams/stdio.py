@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import signal
 import sys
 import time
 from collections import OrderedDict
@@ -91,6 +92,11 @@ class _Instance:
         except (UpstreamError, OSError) as exc:
             log.warning("upstream %s: initialize failed: %s", self.owner.name, exc)
             await self._set_status(UpstreamState.DOWN, f"initialize failed: {exc}")
+            # A process that cannot finish its handshake is wedged: end it, and the supervisor
+            # starts a fresh one after its backoff.
+            if pid is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.kill(pid, signal.SIGKILL)
             return
         self.ready.set()
         await self._set_status(UpstreamState.READY, f"pid {pid}")

@@ -8,6 +8,8 @@ in-memory sink and on /proc facts (child processes, open descriptors).
 from __future__ import annotations
 
 import asyncio
+import functools
+import inspect
 import json
 import os
 from collections.abc import Callable, Mapping
@@ -293,3 +295,30 @@ class SseStream:
         while True:
             if await self.next(max(0.01, deadline - loop.time())) is None:
                 return True
+
+
+# -- bounded tests ----------------------------------------------------------------------------------
+
+
+def bounded(seconds: float) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Fail an async test that runs longer than `seconds` instead of letting it hang the suite."""
+
+    def wrap(test: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(test)
+        async def run(*args: Any, **kwargs: Any) -> Any:
+            try:
+                async with asyncio.timeout(seconds):
+                    return await test(*args, **kwargs)
+            except TimeoutError as exc:
+                raise AssertionError(f"{test.__name__} did not finish within {seconds:g}s (hung)") from exc
+
+        return run
+
+    return wrap
+
+
+def bound_module_tests(namespace: dict[str, Any], seconds: float) -> None:
+    """Apply `bounded(seconds)` to every `async def test_*` of a module (call it at the module's end)."""
+    for name, value in list(namespace.items()):
+        if name.startswith("test_") and inspect.iscoroutinefunction(value):
+            namespace[name] = bounded(seconds)(value)

@@ -16,6 +16,7 @@ import pytest_asyncio
 from schemas.events import EventType, Outcome
 from tests.integration.rawmcp import (
     LEGACY,
+    bound_module_tests,
     initialize_body,
     modern_call,
     open_legacy,
@@ -197,3 +198,6 @@ async def test_protected_resource_metadata_is_public(gw: RunningGateway, http: a
         metadata = await resp.json()
     assert metadata["resource"].startswith(gw.base)
     assert metadata["bearer_methods_supported"] == ["header"]
+
+
+bound_module_tests(globals(), 60)

@@ -32,6 +32,7 @@ from tests.integration.rawmcp import (
     MODERN,
     Answer,
     answered_with_error,
+    bound_module_tests,
     child_pids,
     cmdline,
     initialize_body,
@@ -42,7 +43,6 @@ from tests.integration.rawmcp import (
     open_legacy,
     post,
     request,
-    wait_until,
 )
 from tests.support.gateway import RunningGateway, everything_stdio, running_gateway, time_server
 
@@ -59,7 +59,7 @@ TIME_TOOL = "time__get_current_time"
 async def gw() -> AsyncIterator[RunningGateway]:
     config = {
         "servers": {"time": time_server()},
-        "limits": {"max_body_bytes": MAX_BODY},
+        "limits": {"max_body_bytes": MAX_BODY, "page_size": 1},
         "listen": {"allowed_origins": [ALLOWED_ORIGIN]},
     }
     async with running_gateway(config) as gateway:
@@ -229,6 +229,34 @@ async def test_unknown_server_endpoint_is_404_and_audited(gw: RunningGateway, ht
     assert answer.status == 404
     assert "nosuch" in answer.error["message"]
     assert refusals(new_events(gw, mark)), "the refusal of an unknown server endpoint was not recorded"
+    await assert_serves(http, gw.url)
+
+
+
+@pytest.mark.parametrize("era", ["legacy", "modern"])
+async def test_pagination_walks_every_page_and_a_forged_cursor_is_refused(gw: RunningGateway,
+                                                                          http: aiohttp.ClientSession,
+                                                                          era: str) -> None:
+    session = await open_legacy(http, gw.url) if era == "legacy" else None
+
+    async def tools_list(params: dict[str, Any]) -> Answer:
+        if session is not None:
+            return await session.request("tools/list", params)
+        return await modern(http, gw.url, "tools/list", params, id="page")
+
+    names: list[str] = []
+    cursor: str | None = None
+    for _ in range(10):
+        answer = await tools_list({"cursor": cursor} if cursor else {})
+        names += [t["name"] for t in answer.result["tools"]]
+        cursor = answer.result.get("nextCursor")
+        if not cursor:
+            break
+    assert names == [TIME_TOOL, "time__convert_time"]
+    mark = len(gw.sink.events)
+    answer = await tools_list({"cursor": base64.urlsafe_b64encode(b"g1:forged:0").decode()})
+    assert answer.error["code"] == INVALID_PARAMS
+    assert answered_with_error(gw.sink, INVALID_PARAMS, lambda e: e in new_events(gw, mark))
     await assert_serves(http, gw.url)
 
 
@@ -523,3 +551,6 @@ async def test_slow_upstream_times_out_naming_the_server(era: str) -> None:
         assert [e for e in events if e.event_type is EventType.UPSTREAM_MESSAGE_SENT
                 and e.method == "notifications/cancelled" and e.server == "ev"]
         await assert_serves(http, gw.url, "ev__echo", {"message": "still here"})
+
+
+bound_module_tests(globals(), 60)

@@ -14,7 +14,7 @@ import pytest
 from mcp.client.client import Client
 
 from schemas.events import EventType, Outcome
-from tests.integration.rawmcp import child_pids, cmdline, modern, modern_call, open_legacy
+from tests.integration.rawmcp import bound_module_tests, child_pids, cmdline, modern, modern_call, open_legacy
 from tests.support.gateway import free_port, running_gateway, time_server
 
 pytestmark = pytest.mark.integration
@@ -82,7 +82,7 @@ async def test_healthy_upstream_that_dies_keeps_its_last_good_list_and_readiness
         status, _ = await readyz(http, gw.base)
         assert status == 200
         modern_names, _ = await aggregate_tool_names(http, gw.url)
-        assert modern_names == TIME_TOOLS + ["other__get_current_time", "other__convert_time"]
+        assert modern_names == [*TIME_TOOLS, "other__get_current_time", "other__convert_time"]
 
         others = [p for p in child_pids() if "mcp_server_time" in cmdline(p) and "Europe/Paris" in cmdline(p)]
         assert len(others) == 1
@@ -97,7 +97,7 @@ async def test_healthy_upstream_that_dies_keeps_its_last_good_list_and_readiness
         answer = await modern_call(http, gw.url, "time__get_current_time", {"timezone": "UTC"})
         assert answer.status == 200 and answer.result.get("isError") is not True
         modern_names, legacy_names = await aggregate_tool_names(http, gw.url)
-        assert modern_names == legacy_names == TIME_TOOLS + ["other__get_current_time", "other__convert_time"]
+        assert modern_names == legacy_names == [*TIME_TOOLS, "other__get_current_time", "other__convert_time"]
 
 
 SLOW_FIRST_START = """
@@ -118,7 +118,10 @@ async def test_upstream_whose_first_handshake_times_out_recovers(tmp_path: Any) 
             "startup_timeout_s": 2, "restart": {"initial_delay_s": 0.2, "max_delay_s": 1}}
     async with running_gateway({"servers": {"slow": slow}}, wait_ready_s=0) as gw, aiohttp.ClientSession() as http:
         await gw.sink.wait_for(lambda e: e.event_type is EventType.UPSTREAM_LOST and e.server == "slow", 15)
-        assert await gw.gateway.upstreams["slow"].wait_ready(30), (
-            f"still {gw.gateway.upstreams['slow'].status} after 30 s")
+        assert await gw.gateway.upstreams["slow"].wait_ready(15), (
+            f"still {gw.gateway.upstreams['slow'].status} after 15 s")
         answer = await modern_call(http, gw.url, "slow__get_current_time", {"timezone": "UTC"})
         assert answer.status == 200 and answer.result.get("isError") is not True
+
+
+bound_module_tests(globals(), 60)

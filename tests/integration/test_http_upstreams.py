@@ -17,7 +17,7 @@ from mcp.client.client import Client
 from mcp.client.session import ClientRequestContext
 
 from schemas.events import EventType
-from tests.integration.rawmcp import modern_call, open_legacy, wait_until
+from tests.integration.rawmcp import bound_module_tests, modern_call, open_legacy, wait_until
 from tests.peers.everything import EverythingServer, everything_server
 from tests.support.gateway import RunningGateway, running_gateway
 
@@ -132,3 +132,6 @@ async def test_upstream_killed_and_restarted(upstream: EverythingServer) -> None
         answer = await modern_call(http, gw.url, "ev__echo", {"message": "after"}, id="up")
         assert answer.status == 200 and "after" in answer.result["content"][0]["text"]
         await wait_until(lambda: len(gw.sink.of_type(EventType.UPSTREAM_CONNECTED)) >= 2, 5, what="reconnected")
+
+
+bound_module_tests(globals(), 60)

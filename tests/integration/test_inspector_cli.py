@@ -9,6 +9,7 @@ import pytest
 import pytest_asyncio
 
 from schemas.events import EventType, Outcome
+from tests.integration.rawmcp import bound_module_tests
 from tests.peers.nodepeers import run_inspector
 from tests.support.gateway import RunningGateway, running_gateway, time_server
 
@@ -72,3 +73,6 @@ async def test_inspector_with_a_wrong_key_is_refused_and_recorded(gw: RunningGat
     refused = [e for e in gw.sink.events[mark:] if e.event_type is EventType.MESSAGE_REFUSED]
     assert refused and all(e.outcome is Outcome.UNAUTHENTICATED for e in refused)
     assert not [e for e in gw.sink.events[mark:] if e.event_type is EventType.UPSTREAM_MESSAGE_SENT]
+
+
+bound_module_tests(globals(), 120)

@@ -17,6 +17,7 @@ from schemas.events import EventType, Outcome
 from tests.integration.rawmcp import (
     ACCEPT_BOTH,
     LEGACY,
+    bound_module_tests,
     initialize_body,
     living_child_pids,
     modern_body,
@@ -155,28 +156,30 @@ async def test_per_session_upstream_processes_are_reaped_when_sessions_end() -> 
     fds_before = open_fds()
     max_processes = 6
     config = {"servers": {"ev": {**everything_stdio(), "isolation": "session", "max_processes": max_processes}}}
-    async with running_gateway(config) as gw:
-        async with aiohttp.ClientSession() as http:
-            peak = 0
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as http:
+        peak = 0
 
-            async def sample_children() -> None:
-                nonlocal peak
-                while True:
-                    peak = max(peak, len(set(living_child_pids()) - children_before))
-                    await asyncio.sleep(0.05)
+        async def sample_children() -> None:
+            nonlocal peak
+            while True:
+                peak = max(peak, len(set(living_child_pids()) - children_before))
+                await asyncio.sleep(0.05)
 
-            sampler = asyncio.ensure_future(sample_children())
-            load = Load(http, gw.url, "ev__echo", {"message": "isolated"})
-            try:
-                for _ in range(4):  # rounds of sessions: each round opens and closes 4 sessions
-                    await asyncio.wait_for(asyncio.gather(*(load.legacy_session(5) for _ in range(4))), 120)
-            finally:
-                sampler.cancel()
-            assert not load.failures, load.failures[:3]
-            assert load.sessions == 16
-            assert 1 < peak <= max_processes
-            await wait_until(lambda: len(set(living_child_pids()) - children_before) == 1, 20,
-                             what="per-session processes reaped; only the shared one left")
-            assert_quiescent(gw)
+        sampler = asyncio.ensure_future(sample_children())
+        load = Load(http, gw.url, "ev__echo", {"message": "isolated"})
+        try:
+            for _ in range(4):  # rounds of sessions: each round opens and closes 4 sessions
+                await asyncio.wait_for(asyncio.gather(*(load.legacy_session(5) for _ in range(4))), 120)
+        finally:
+            sampler.cancel()
+        assert not load.failures, load.failures[:3]
+        assert load.sessions == 16
+        assert 1 < peak <= max_processes
+        await wait_until(lambda: len(set(living_child_pids()) - children_before) == 1, 20,
+                         what="per-session processes reaped; only the shared one left")
+        assert_quiescent(gw)
     await wait_until(lambda: set(living_child_pids()) <= children_before, 10, what="all upstream processes gone")
     await wait_until(lambda: open_fds() <= fds_before + FD_SLACK, 10, what="descriptors back near the baseline")
+
+
+bound_module_tests(globals(), 240)

@@ -15,10 +15,14 @@ from mcp.client.session import ClientRequestContext
 from mcp.client.sse import sse_client
 
 from schemas.events import EventType
-from tests.integration.rawmcp import initialize_body, post, wait_until
+from tests.integration.rawmcp import bound_module_tests, initialize_body, post, wait_until
 from tests.support.gateway import RunningGateway, everything_stdio, running_gateway, time_server
 
-pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 
 @pytest_asyncio.fixture(scope="module", loop_scope="module")
@@ -104,12 +108,14 @@ async def test_sse_agent_gets_progress_and_sampling_from_everything() -> None:
     async def on_progress(value: float, total: float | None, message: str | None) -> None:
         progress.append(value)
 
-    async with running_gateway({"servers": {"ev": everything_stdio()}}) as gw:
-        async with Client(sse_client(f"{gw.base}/sse"), mode="legacy", sampling_callback=sample) as client:
-            result = await asyncio.wait_for(client.call_tool(
-                "ev__trigger-long-running-operation", {"duration": 0.3, "steps": 3}, progress_callback=on_progress), 30)
-            assert not result.is_error
-            assert progress == [1.0, 2.0, 3.0]
-            sampled = await asyncio.wait_for(
-                client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5}), 30)
-            assert "over-sse-42" in text_of(sampled)
+    async with running_gateway({"servers": {"ev": everything_stdio()}}) as gw, \
+            Client(sse_client(f"{gw.base}/sse"), mode="legacy", sampling_callback=sample) as client:
+        result = await client.call_tool("ev__trigger-long-running-operation", {"duration": 0.3, "steps": 3},
+                                        progress_callback=on_progress)
+        assert not result.is_error
+        assert progress == [1.0, 2.0, 3.0]
+        sampled = await client.call_tool("ev__trigger-sampling-request", {"prompt": "hi", "maxTokens": 5})
+        assert "over-sse-42" in text_of(sampled)
+
+
+bound_module_tests(globals(), 60)

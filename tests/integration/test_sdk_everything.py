@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import AsyncIterator
+
 import mcp_types as types
 import pytest
 import pytest_asyncio
@@ -17,9 +18,15 @@ from mcp.client.client import Client
 from mcp.client.session import ClientRequestContext
 
 from schemas.events import Direction, EventType
+from tests.integration.rawmcp import bound_module_tests
 from tests.support.gateway import RunningGateway, everything_stdio, running_gateway
 
-pytestmark = [pytest.mark.integration, pytest.mark.node, pytest.mark.asyncio(loop_scope="module")]
+pytestmark = [
+    pytest.mark.integration,
+    pytest.mark.node,
+    pytest.mark.asyncio(loop_scope="module"),
+    pytest.mark.filterwarnings("ignore::mcp.shared.exceptions.MCPDeprecationWarning"),
+]
 
 STATIC_DOC = "demo://resource/static/document/instructions.md"
 MODES = ["legacy", "auto"]
@@ -219,3 +226,6 @@ async def test_audit_trail_of_one_legacy_call_is_complete(gw: RunningGateway) ->
     assert len({e.correlation_id for e in calls}) == 1
     assert b"audit me" in calls[0].payload and b"audit me" in calls[-1].payload
 
+
+
+bound_module_tests(globals(), 60)

@@ -21,6 +21,7 @@ from tests.integration.rawmcp import (
     LEGACY,
     LegacySession,
     SseStream,
+    bound_module_tests,
     initialize_body,
     modern_body,
     modern_call,
@@ -28,7 +29,7 @@ from tests.integration.rawmcp import (
     open_legacy,
     post,
 )
-from tests.support.gateway import RunningGateway, reference_server_stdio, running_gateway
+from tests.support.gateway import RunningGateway, reference_server_stdio, running_gateway, time_server
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
 
@@ -197,3 +198,63 @@ async def test_modern_listen_honours_its_filter(gw: RunningGateway, http: aiohtt
         assert [m["method"] for m in prompts_stream.seen] == ["notifications/subscriptions/acknowledged",
                                                                 "notifications/prompts/list_changed"]
 
+
+
+
+# -- session bookkeeping: scope, negotiation, limits, expiry ----------------------------------------
+
+
+async def test_a_session_belongs_to_the_endpoint_that_opened_it(gw: RunningGateway,
+                                                                http: aiohttp.ClientSession) -> None:
+    aggregate = await open_legacy(http, gw.url)
+    elsewhere = LegacySession(http, gw.server_url("ref"), aggregate.id)
+    answer = await elsewhere.request("tools/list")
+    assert answer.status == 404
+    assert (await aggregate.request("tools/list")).status == 200
+    assert await aggregate.delete() == 200
+
+
+@pytest.mark.parametrize(("requested", "negotiated"), [("2024-11-05", "2024-11-05"), ("2025-03-26", "2025-03-26"),
+                                                       ("2025-06-18", "2025-06-18"), ("1999-01-01", LEGACY)])
+async def test_initialize_negotiates_the_protocol_version(gw: RunningGateway, http: aiohttp.ClientSession,
+                                                          requested: str, negotiated: str) -> None:
+    body = initialize_body()
+    body["params"]["protocolVersion"] = requested
+    answer = await post(http, gw.url, body)
+    assert answer.status == 200 and answer.result["protocolVersion"] == negotiated
+    session = LegacySession(http, gw.url, answer.headers["Mcp-Session-Id"])
+    session_headers = {**session.headers, "MCP-Protocol-Version": negotiated}
+    listed = await post(http, gw.url, {"jsonrpc": "2.0", "id": 2, "method": "tools/list"}, session_headers)
+    assert listed.status == 200 and listed.result["tools"]
+    assert await session.delete() == 200
+
+
+async def test_session_limit_is_503_until_a_session_ends() -> None:
+    async with running_gateway({"servers": {"time": time_server()}, "limits": {"max_sessions": 2}}) as gw, \
+            aiohttp.ClientSession() as http:
+        first = await open_legacy(http, gw.url)
+        second = await open_legacy(http, gw.url)
+        answer = await post(http, gw.url, initialize_body())
+        assert answer.status == 503 and answer.error["code"] == -32014
+        assert "Mcp-Session-Id" not in answer.headers
+        assert [e for e in gw.sink.events if e.event_type is EventType.MESSAGE_REFUSED and e.error_code == -32014]
+        # Stateless (modern) calls need no session and are still served.
+        assert (await modern_call(http, gw.url, "time__get_current_time", {"timezone": "UTC"})).status == 200
+        assert await first.delete() == 200
+        third = await open_legacy(http, gw.url)
+        for session in (second, third):
+            assert await session.delete() == 200
+
+
+async def test_idle_session_expires_and_is_recorded() -> None:
+    config = {"servers": {"time": time_server()}, "limits": {"session_idle_timeout_s": 0.5}}
+    async with running_gateway(config) as gw, aiohttp.ClientSession() as http:
+        session = await open_legacy(http, gw.url)
+        closed = await gw.sink.wait_for(lambda e: e.event_type is EventType.SESSION_CLOSED
+                                        and e.session_id == session.id, 10)
+        assert "idle" in closed.detail
+        answer = await session.request("tools/list")
+        assert answer.status == 404
+
+
+bound_module_tests(globals(), 60)
