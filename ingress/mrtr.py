@@ -11,7 +11,6 @@ HMAC and bound to the principal and the method, so a forged or replayed state is
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import hashlib
 import hmac
 import itertools
@@ -31,12 +30,20 @@ class HeldCall:
     method: str
     ctx: CallContext
     task: asyncio.Task[Any] | None = None
-    handle: str = field(default_factory=lambda: secrets.token_hex(12))
+    handle: str = ""  # minted when the call is first held: most calls never need one
     asked: dict[str, tuple[JsonObject, asyncio.Future[JsonObject]]] = field(default_factory=dict)
     fresh: list[str] = field(default_factory=list)  # keys not yet shown to the agent
-    changed: asyncio.Event = field(default_factory=asyncio.Event)
     expiry: asyncio.TimerHandle | None = None
+    _wake: asyncio.Future[None] | None = None
     _keys: itertools.count[int] = field(default_factory=lambda: itertools.count(1))
+
+    def run(self, task: asyncio.Task[Any]) -> None:
+        self.task = task
+        task.add_done_callback(self._woken)
+
+    def _woken(self, _task: object = None) -> None:
+        if self._wake is not None and not self._wake.done():
+            self._wake.set_result(None)
 
     def ask(self, request: JsonObject) -> asyncio.Future[JsonObject]:
         """Queue one input request for the agent; the future gets the agent's answer."""
@@ -44,7 +51,7 @@ class HeldCall:
         future: asyncio.Future[JsonObject] = asyncio.get_running_loop().create_future()
         self.asked[key] = (request, future)
         self.fresh.append(key)
-        self.changed.set()
+        self._woken()
         return future
 
     def answer(self, responses: JsonObject) -> None:
@@ -73,6 +80,8 @@ class HeldCalls:
         return f"{STATE_PREFIX}{call.handle}.{mac.hexdigest()[:32]}"
 
     def register(self, call: HeldCall) -> str:
+        if not call.handle:
+            call.handle = secrets.token_hex(12)
         if call.handle not in self._calls:
             self._calls[call.handle] = call
         self._arm(call)
@@ -97,7 +106,8 @@ class HeldCalls:
 
     def drop(self, call: HeldCall) -> None:
         """Forget a held call; if the agent never came back, cancel it upstream."""
-        self._calls.pop(call.handle, None)
+        if call.handle:
+            self._calls.pop(call.handle, None)
         if call.expiry is not None:
             call.expiry.cancel()
         if call.task is not None and not call.task.done():
@@ -119,14 +129,8 @@ async def next_outcome(call: HeldCall) -> Any:
             return call.task.result()
         if call.fresh:
             return None
-        call.changed.clear()
-        waiter = asyncio.ensure_future(call.changed.wait())
-        try:
-            await asyncio.wait({call.task, waiter}, return_when=asyncio.FIRST_COMPLETED)
-        finally:
-            waiter.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await waiter
+        call._wake = asyncio.get_running_loop().create_future()
+        await call._wake
 
 
 def input_required(call: HeldCall, state: str, keys: list[str]) -> JsonObject:

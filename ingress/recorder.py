@@ -122,7 +122,9 @@ class Recorder:
 
     async def _write(self, events: list[GatewayEvent]) -> None:
         if self.mode == "strict":
-            await asyncio.shield(self.sink.record(*events))
+            # Not shielded: a sink takes the events synchronously before it awaits durability, so a
+            # cancelled caller stops waiting but cannot un-record them.
+            await self.sink.record(*events)
             return
         task = asyncio.ensure_future(self.sink.record(*events))
         self._pending.add(task)

@@ -8,7 +8,7 @@ vocabulary of the audit store (DESIGN.md §3). Events are plain values; chain fi
 from __future__ import annotations
 
 import dataclasses
-import os
+import random
 import time
 from dataclasses import dataclass
 from enum import StrEnum
@@ -107,6 +107,7 @@ class GatewayEvent:
 
 _last_ms = 0
 _counter = 0
+_random_bits = random.Random().getrandbits
 
 
 def new_event_id(now_ns: int | None = None) -> str:
@@ -123,7 +124,7 @@ def new_event_id(now_ns: int | None = None) -> str:
     else:
         _counter = 0
     _last_ms = ms
-    rand = int.from_bytes(os.urandom(8), "big") & 0x3FFFFFFFFFFFFFFF
+    rand = _random_bits(62)  # uniqueness, not secrecy: ids are not credentials
     value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
     h = f"{value:032x}"
     return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"

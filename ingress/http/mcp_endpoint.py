@@ -194,7 +194,7 @@ class McpEndpoint:
             held = HeldCall(ctx.principal, msg.method, ctx)
             channel = PostChannel(request, gateway.recorder, ctx, None, timeout)
             ctx.handler = channel
-            held.task = asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, None))
+            held.run(asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, None)))
         channel.held = held
         try:
             outcome = None if ask_again else await next_outcome(held)
@@ -207,6 +207,8 @@ class McpEndpoint:
             result = input_required(held, gateway.held_calls.register(held), keys)
             return await channel.finish(Reply(result_body(msg.id, result)))
         gateway.held_calls.drop(held)
+        channel.held = None  # the call is over: break the held call <-> channel cycle for the GC
+        held.ctx.handler = None
         reply: Reply = outcome
         reply.body["id"] = msg.id
         return await channel.finish(reply)

@@ -93,7 +93,10 @@ class HttpUpstreamBase:
             return
         self._stopping = False
         if self._http is None or self._http.closed:
+            # No cookie jar: one upstream session serves every agent, and a cookie set for one
+            # agent's call must never ride along on another's.
             self._http = aiohttp.ClientSession(
+                cookie_jar=aiohttp.DummyCookieJar(),
                 connector=aiohttp.TCPConnector(limit=0, keepalive_timeout=_KEEPALIVE_S),
                 timeout=aiohttp.ClientTimeout(total=None, sock_connect=self.config.connect_timeout_s),
                 headers=self.config.headers,  # the upstream's credentials: config only, never the agent's
