@@ -21,7 +21,7 @@ from ingress.upstreams.base import JsonObject
 # Queue items are ready-to-send JSON bytes; None closes the stream.
 Outbox = asyncio.Queue[bytes | None]
 
-MAX_LOGGED_STREAMS = 32
+MAX_LOGGED_STREAMS = 8  # every legacy request has one; only the last few can still be resumed
 MAX_LOGGED_EVENTS = 1000
 
 

@@ -158,6 +158,18 @@ class PostChannel(AgentChannel):
             else:
                 await self._write(sse_event(wire))
 
+    async def upstream_paused(self) -> None:
+        """The upstream closed its stream mid-call to be polled (SEP-1699): close ours the same way.
+
+        The call goes on; the agent resumes with GET and `Last-Event-ID` and gets the rest from the log.
+        """
+        if self.log is None or self.stream is None or self._detached:
+            return
+        async with self._lock:
+            self._detached = True
+            with contextlib.suppress(ConnectionError, RuntimeError):
+                await self.stream.write_eof()
+
     async def start(self) -> None:
         """Open a resumable stream at once, so its priming event precedes the work."""
         if self.log is not None:

@@ -20,7 +20,7 @@ from ingress.dispatch import Reply
 from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway, Listener
 from ingress.http.admission import admit, base_context, read_body, refuse
-from ingress.http.channel import SSE_HEADERS, PostChannel, sse_event
+from ingress.http.channel import RETRY_MS, SSE_HEADERS, PostChannel, sse_event
 from ingress.jsonrpc import Invalid, Message, error_body, parse_message, result_body
 from ingress.mrtr import MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome
 from ingress.routing import Route
@@ -135,8 +135,8 @@ class McpEndpoint:
         if ctx.era == "modern" and msg.method in MRTR_METHODS:
             return await self._request_mrtr(request, msg, ctx, target)
         headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
-        resumable = (session is not None and msg.method in MRTR_METHODS
-                     and session.protocol_version in RESUMABLE_VERSIONS)
+        # Like the SDK's servers, answer a 2025-11-25 session's requests on resumable SSE streams.
+        resumable = session is not None and not handshake and session.protocol_version in RESUMABLE_VERSIONS
         channel = PostChannel(request, gateway.recorder, ctx, session, gateway.config.limits.request_timeout_s,
                               headers, resumable)
         ctx.handler = channel
@@ -337,6 +337,7 @@ class McpEndpoint:
         log, position = point
         stream = web.StreamResponse(status=200, headers={**SSE_HEADERS, SESSION_HEADER: session.id})
         await stream.prepare(request)
+        await stream.write(f"id: {log.event_id(position)}\nretry: {RETRY_MS}\ndata: \n\n".encode())
         while True:
             log.changed.clear()
             while position < len(log.events):

@@ -173,6 +173,9 @@ class HttpExchange(HttpUpstreamBase):
                 raise UpstreamUnavailable(self.name, f"the stream of {call.method} ended without a response",
                                           retryable=False)
             attempts += 1
+            paused = getattr(call.ctx.handler, "upstream_paused", None)
+            if paused is not None:
+                await paused()  # let the agent's own stream mirror the server's polling close
             await asyncio.sleep(cursor.retry_ms / 1000 if cursor.retry_ms is not None else 0.2 * attempts)
             headers = {**self._get_headers, "Last-Event-ID": cursor.last_id}
             try:
