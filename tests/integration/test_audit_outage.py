@@ -7,6 +7,7 @@ way a durable log that cannot take events does.
 
 from __future__ import annotations
 
+import asyncio
 import json
 from collections.abc import AsyncIterator
 
@@ -16,6 +17,7 @@ import pytest_asyncio
 
 from tests.integration.rawmcp import (
     Answer,
+    SseStream,
     bound_module_tests,
     initialize_body,
     modern,
@@ -55,17 +57,28 @@ def assert_clear_error(answer: Answer, statuses: tuple[int, ...]) -> None:
     assert isinstance(json.loads(answer.raw)["error"]["code"], int)
 
 
+@pytest.mark.parametrize("catalog", ["warm", "cold"])
 @pytest.mark.parametrize("era", ["legacy", "modern"])
 async def test_a_call_is_not_made_while_the_sink_is_down(gw: RunningGateway, http: aiohttp.ClientSession,
-                                                         era: str) -> None:
+                                                         era: str, catalog: str) -> None:
+    """`warm`: the tool list is cached, so the first write the call needs is its own event; `cold`:
+    the gateway must first list the upstream's tools, and that fetch cannot be recorded either."""
     session = await open_legacy(http, gw.url) if era == "legacy" else None
-    marker = f"written-during-outage-{era}"
+    assert (await modern(http, gw.url, "tools/list", {})).status == 200
+    if catalog == "cold":
+        gw.gateway.catalog.invalidate("ref")
+    marker = f"written-during-outage-{era}-{catalog}"
     gw.sink.closed = True
-    if session is not None:
-        answer = await session.call("ref__update_watched_resource", {"content": marker})
-    else:
-        answer = await modern_call(http, gw.url, "ref__update_watched_resource", {"content": marker}, id="w")
-    gw.sink.closed = False
+    try:
+        if session is not None:
+            attempt = session.call("ref__update_watched_resource", {"content": marker})
+        else:
+            attempt = modern_call(http, gw.url, "ref__update_watched_resource", {"content": marker}, id="w")
+        answer = await asyncio.wait_for(attempt, 15)
+    except TimeoutError:
+        pytest.fail("the agent was left waiting: no answer within 15 s while the sink was down")
+    finally:
+        gw.sink.closed = False
     assert_clear_error(answer, (503,))
     assert answer.error["code"] == AUDIT_UNAVAILABLE
     assert await watched_content(http, gw) != marker, "the call reached the upstream without being recorded"
@@ -106,6 +119,36 @@ async def test_initialize_during_an_outage_leaves_no_session_behind(gw: RunningG
         assert_clear_error(answer, (503,))
         assert "Mcp-Session-Id" not in answer.headers
     assert len(gw.gateway.sessions) == before, "refused initializes left sessions in the registry"
+
+
+
+async def test_sse_transport_agent_gets_an_error_not_silence(gw: RunningGateway, http: aiohttp.ClientSession) -> None:
+    """HTTP+SSE: the POST is accepted (202) before the call runs, so the refusal must come back as a
+    JSON-RPC error on the agent's SSE stream."""
+    async with http.get(f"{gw.base}/sse", timeout=aiohttp.ClientTimeout(total=None, sock_read=None)) as resp:
+        stream = SseStream(resp)
+        line = b""
+        while not line.startswith(b"data:"):
+            line = await asyncio.wait_for(resp.content.readline(), 10)
+        endpoint = gw.base + line[5:].strip().decode()
+        assert (await post(http, endpoint, initialize_body(id=1))).status == 202
+        assert (await stream.until(lambda m: m.get("id") == 1))["result"]
+        note = {"jsonrpc": "2.0", "method": "notifications/initialized"}
+        assert (await post(http, endpoint, note)).status == 202
+        gw.sink.closed = True
+        try:
+            body = {"jsonrpc": "2.0", "id": 2, "method": "tools/call",
+                    "params": {"name": "ref__update_watched_resource", "arguments": {"content": "via-sse"}}}
+            accepted = await post(http, endpoint, body)
+            try:
+                answer = await stream.until(lambda m: m.get("id") == 2, 10)
+            except TimeoutError:
+                pytest.fail("no answer on the SSE stream within 10 s: the agent waits forever")
+        finally:
+            gw.sink.closed = False
+        assert accepted.status in (202, 503)
+        assert answer["error"]["code"] == AUDIT_UNAVAILABLE
+    assert await watched_content(http, gw) != "via-sse"
 
 
 bound_module_tests(globals(), 60)
