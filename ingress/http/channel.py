@@ -127,6 +127,7 @@ class PostChannel(AgentChannel):
         self._lock = asyncio.Lock()
         self.log = session.new_stream_log() if resumable and session is not None and self.can_stream else None
         self._detached = False
+        self._opener: asyncio.TimerHandle | None = None
 
     async def _start_stream(self) -> web.StreamResponse:
         if self.stream is None:
@@ -163,37 +164,63 @@ class PostChannel(AgentChannel):
 
         The call goes on; the agent resumes with GET and `Last-Event-ID` and gets the rest from the log.
         """
-        if self.log is None or self.stream is None or self._detached:
+        if self.log is None or self._detached:
             return
         async with self._lock:
+            stream = await self._start_stream()
             self._detached = True
             with contextlib.suppress(ConnectionError, RuntimeError):
-                await self.stream.write_eof()
+                await stream.write_eof()
 
-    async def start(self) -> None:
-        """Open a resumable stream at once, so its priming event precedes the work."""
-        if self.log is not None:
-            async with self._lock:
-                await self._start_stream()
+    def open_soon(self, delay_s: float) -> None:
+        """Open a resumable stream (priming event first) if the call is still running after `delay_s`.
+
+        Not at once: until the call's first events are durable, a refusal can still be a plain 503.
+        """
+        if self.log is None:
+            return
+        loop = asyncio.get_running_loop()
+        self._opener = loop.call_later(delay_s, lambda: asyncio.ensure_future(self._open_early()))
+
+    async def _open_early(self) -> None:
+        async with self._lock:
+            if self.stream is None and self.log is not None and not self.log.done:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self._start_stream()
 
     async def finish(self, reply: Reply) -> web.StreamResponse:
         wire = orjson.dumps(reply.body)
         await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
-        if self.stream is not None:
+        if self._opener is not None:
+            self._opener.cancel()
+        if self.stream is not None or self.log is not None:
             await self._emit(wire)
             if self.log is not None:
                 self.log.close()
             async with self._lock:
+                stream = await self._start_stream()
                 if not self._detached:
                     with contextlib.suppress(ConnectionError, RuntimeError):
-                        await self.stream.write_eof()
-            return self.stream
+                        await stream.write_eof()
+            return stream
         status = reply.http_status
         if self.ctx.era == "modern" and status == 200:
             code = error_code_of(reply.body)
             if code is not None:
                 status = MODERN_ERROR_STATUS.get(code, 200)
         return web.Response(body=wire, status=status, content_type="application/json", headers=self.headers)
+
+    async def abort(self, body: JsonObject) -> web.StreamResponse:
+        """End a started stream with an error that could not be recorded (the audit log is down)."""
+        assert self.stream is not None
+        async with self._lock:
+            await self._write(sse_event(orjson.dumps(body)))
+            if not self._detached:
+                with contextlib.suppress(ConnectionError, RuntimeError):
+                    await self.stream.write_eof()
+        if self.log is not None:
+            self.log.close()
+        return self.stream
 
     async def cancelled(self) -> web.StreamResponse:
         """The agent cancelled the call: end the response without an answer, as the spec asks."""

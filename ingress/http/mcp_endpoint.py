@@ -21,7 +21,7 @@ from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway, Listener
 from ingress.http.admission import admit, base_context, read_body, refuse
 from ingress.http.channel import RETRY_MS, SSE_HEADERS, PostChannel, sse_event
-from ingress.jsonrpc import Invalid, Message, error_body, parse_message, result_body
+from ingress.jsonrpc import Invalid, JsonObject, Message, error_body, parse_message, result_body
 from ingress.mrtr import MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome
 from ingress.routing import Route
 from ingress.sessions import AgentSession, SessionLimitReached
@@ -33,6 +33,7 @@ log = logging.getLogger("mcpgw.http")
 
 SESSION_HEADER = "Mcp-Session-Id"
 RESUMABLE_VERSIONS = frozenset({"2025-11-25"})
+PRIMING_DELAY_S = 0.5  # a call still running after this gets its resumable stream opened
 KEEPALIVE_S = 15.0
 
 
@@ -123,11 +124,8 @@ class McpEndpoint:
                 return await self._listen(request, msg, ctx, target)
             return await self._request(request, msg, ctx, target, session, detected.handshake)
         except SinkUnavailable as exc:
-            log.error("audit sink unavailable, refusing %s: %s", msg.method, exc)
-            body = orjson.dumps(error_body(msg.id, AUDIT_UNAVAILABLE,
-                                           f"the audit log cannot record this call, so it was not made: {exc}; "
-                                           "retry later"))
-            return web.Response(status=503, body=body, content_type="application/json")
+            return web.Response(status=503, body=orjson.dumps(_audit_unavailable(msg, exc)),
+                                content_type="application/json")
 
     async def _request(self, request: web.Request, msg: Message, ctx: CallContext, target: str,
                        session: AgentSession | None, handshake: bool) -> web.StreamResponse:
@@ -146,22 +144,26 @@ class McpEndpoint:
             finally:
                 ctx.handler = None
             return await channel.finish(reply)
-        await channel.start()
 
         async def run() -> web.StreamResponse:
             assert session is not None
             try:
                 reply = await gateway.dispatcher.request(msg, ctx, target, session)
+                if handshake:
+                    await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, server=target,
+                                                     detail=f"protocol {session.protocol_version}")
+                return await channel.finish(reply)
             except asyncio.CancelledError:
                 return await channel.cancelled()  # notifications/cancelled from the agent
+            except SinkUnavailable as exc:
+                if channel.stream is None:
+                    raise  # answered as a plain 503 below
+                return await channel.abort(_audit_unavailable(msg, exc))
             finally:
                 session.inflight.pop(msg.id, None)
                 ctx.handler = None
-            if handshake:
-                await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, server=target,
-                                                 detail=f"protocol {session.protocol_version}")
-            return await channel.finish(reply)
 
+        channel.open_soon(PRIMING_DELAY_S)
         # A legacy agent's dropped connection is not a cancellation (only notifications/cancelled
         # is), so the call runs on its own and a resumable stream keeps its events for GET.
         task = asyncio.ensure_future(run())
@@ -357,6 +359,13 @@ class McpEndpoint:
             return session
         await self.gateway.close_session(session, "closed by the agent (DELETE)")
         return web.Response(status=200)
+
+
+def _audit_unavailable(msg: Message, exc: Exception) -> JsonObject:
+    """The answer when the audit log cannot record: it goes out unrecorded, since nothing was done."""
+    log.error("audit sink unavailable, refusing %s: %s", msg.method, exc)
+    return error_body(msg.id, AUDIT_UNAVAILABLE,
+                      f"the audit log cannot record this call, so it was not made: {exc}; retry later")
 
 
 def _mirrored(request: web.Request, method: str) -> dict[str, str] | None:

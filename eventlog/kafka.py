@@ -1,0 +1,302 @@
+"""The Kafka backend of the event log (aiokafka): `KafkaProducer` and `KafkaConsumer`.
+
+Durability: `append` returns once every in-sync replica has the record (acks=all, fixed; see
+`KafkaSettings.acks`). Concurrent appends share produce requests: each append enqueues with
+`send()` and awaits its own delivery future, so the accumulator batches whatever arrives within
+`linger_ms`. Delivery is at-least-once: a failed `append_batch` may have written a prefix of its
+records, and without idempotence a retry after a lost acknowledgement can write a record twice;
+consumers dedupe by event id (and ClickHouse by insert token).
+
+Failures surface as `LogUnavailable` naming the broker's error, never swallowed. Instances whose
+`retryable` is False are refusals that waiting will not fix (record too large, authorization,
+a broker refusing idempotent producers). A producer whose `start` failed retries it on the next
+append, so a gateway that started during a broker outage recovers without a restart.
+
+With `create_topics` (the default) absent topics are created before first use, including after
+the broker lost them (a memory-only dev broker restarted); see `eventlog.kafka_admin`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Awaitable, Callable, Mapping, Sequence
+from typing import Any
+
+from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
+from aiokafka import TopicPartition as KafkaTopicPartition
+from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.errors import BrokerResponseError, KafkaError  # type: ignore[import-untyped]
+
+from eventlog.base import LogUnavailable, Record, TopicPartition
+from eventlog.kafka_admin import describe_error, ensure_topics, unavailable
+from eventlog.kafka_settings import KafkaSettings
+
+__all__ = ["KafkaConsumer", "KafkaProducer", "KafkaSettings", "RevokeCallback"]
+
+log = logging.getLogger("mcpgw.eventlog.kafka")
+
+RevokeCallback = Callable[[set[TopicPartition]], Awaitable[None]]
+
+_CLIENT_ERRORS = (KafkaError, OSError)
+
+
+class KafkaProducer:
+    def __init__(self, settings: KafkaSettings) -> None:
+        self._settings = settings
+        self._producer: Any = None
+        self._start_lock = asyncio.Lock()
+        self._ensured: set[str] = set()
+        self._closed = False
+        # aiokafka bounds each stage (metadata, buffer space, acknowledgement) by request_timeout_ms;
+        # this outer bound only guards against a stage that does not, so an append can never hang.
+        self._deadline_s = 3 * settings.request_timeout_ms / 1000 + 1.0
+
+    async def start(self) -> None:
+        await self._connected()
+
+    async def append(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.append_batch(topic, [(key, value)])
+
+    async def append_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        if not records:
+            return
+        producer = await self._connected()
+        if self._settings.create_topics and topic not in self._ensured:
+            await ensure_topics(self._settings, [topic])
+            self._ensured.add(topic)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self._deadline_s
+        futures: list[asyncio.Future[Any]] = []
+        try:
+            try:
+                async with asyncio.timeout_at(deadline):
+                    for key, value in records:
+                        futures.append(await producer.send(topic, value=value, key=key))
+                # asyncio.wait, not gather under the timeout: cancelling aiokafka's delivery futures
+                # would not unsend their records, only hide their outcome.
+                _done, pending = await asyncio.wait(
+                    futures, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_EXCEPTION
+                )
+                timed_out = bool(pending)
+            except TimeoutError:
+                timed_out = True
+            for future in futures:
+                error = future.exception() if future.done() else None
+                if error is not None:
+                    raise error
+            if timed_out:
+                raise LogUnavailable(f"kafka: append to {topic!r} not acknowledged within {self._deadline_s:.1f}s")
+        except _CLIENT_ERRORS as exc:
+            # Re-check the topic next time: the usual cause of a missing topic is a broker that lost it.
+            self._ensured.discard(topic)
+            raise unavailable(f"append to {topic!r} failed", exc) from exc
+        except LogUnavailable:
+            self._ensured.discard(topic)
+            raise
+        finally:
+            for future in futures:
+                future.add_done_callback(_retrieve_outcome)
+
+    async def close(self) -> None:
+        self._closed = True
+        producer, self._producer = self._producer, None
+        if producer is not None:
+            try:
+                await producer.stop()  # flushes what is buffered, bounded by request_timeout_ms
+            except _CLIENT_ERRORS as exc:
+                log.warning("kafka: producer stopped with an error: %s", exc)
+
+    async def _connected(self) -> Any:
+        if self._producer is not None:
+            return self._producer
+        if self._closed:
+            error = LogUnavailable("kafka: producer is closed")
+            error.retryable = False
+            raise error
+        async with self._start_lock:
+            if self._producer is None:
+                self._producer = await self._start_producer()
+        return self._producer
+
+    async def _start_producer(self) -> Any:
+        settings = self._settings
+        if settings.create_topics:
+            await ensure_topics(settings, settings.topics)
+            self._ensured.update(settings.topics)
+        producer = None
+        try:
+            producer = AIOKafkaProducer(
+                **settings.client_kwargs(),
+                acks=settings.acks,
+                enable_idempotence=settings.enable_idempotence,
+                linger_ms=settings.linger_ms,
+                compression_type=settings.compression,
+                max_batch_size=settings.max_batch_bytes,
+                max_request_size=settings.max_request_bytes,
+            )
+            await producer.start()
+        except _CLIENT_ERRORS as exc:
+            if producer is not None:
+                await producer.stop()
+            if settings.enable_idempotence and isinstance(exc, BrokerResponseError):
+                # The only broker request a producer start makes beyond metadata is InitProducerId.
+                error = LogUnavailable(
+                    f"kafka: the broker refused an idempotent producer (InitProducerId: {describe_error(exc)}); "
+                    "brokers without idempotence support (e.g. Tansu) need enable_idempotence: false "
+                    "in the kafka event_log settings"
+                )
+                error.retryable = False
+                raise error from exc
+            raise unavailable("producer start failed", exc) from exc
+        return producer
+
+
+class KafkaConsumer:
+    """A member of consumer group `group_id` reading `topics`; offsets are committed only explicitly.
+
+    `on_revoke(partitions)` runs before this member gives partitions up, in a rebalance and in
+    `close()`: flush what was read from them and `commit` it there, or the next owner replays it.
+    It runs on aiokafka's group task, concurrently with the caller's own `poll` loop, so the two
+    must share a lock around "process batch + commit". If it raises, the error is logged and the
+    partitions are given up anyway (uncommitted records are replayed, never lost).
+    """
+
+    def __init__(
+        self, settings: KafkaSettings, group_id: str, topics: Sequence[str], *, on_revoke: RevokeCallback | None = None
+    ) -> None:
+        self._settings = settings
+        self._group_id = group_id
+        self._topics = list(topics)
+        self._on_revoke = on_revoke
+        self._consumer: Any = None
+        self._rewind_on_assign = False
+
+    async def start(self) -> None:
+        settings = self._settings
+        if settings.create_topics:
+            # Also here, not only in the producer: a group subscribed to an absent topic would sit
+            # unassigned until its next metadata refresh (5 minutes) after the topic appears.
+            await ensure_topics(settings, self._topics)
+        group = settings.consumer
+        consumer = AIOKafkaConsumer(
+            **settings.client_kwargs(),
+            group_id=self._group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            # Producers here are not transactional; read_committed only matters if one ever is,
+            # and then aborted records must not become audit rows.
+            isolation_level="read_committed",
+            session_timeout_ms=group.session_timeout_ms,
+            heartbeat_interval_ms=group.heartbeat_interval_ms,
+            max_poll_interval_ms=group.max_poll_interval_ms,
+            fetch_max_wait_ms=group.fetch_max_wait_ms,
+            max_partition_fetch_bytes=group.max_partition_fetch_bytes,
+        )
+        consumer.subscribe(self._topics, listener=_Listener(self))
+        self._consumer = consumer  # before start: the listener may run as soon as the group is joined
+        try:
+            await consumer.start()
+        except _CLIENT_ERRORS as exc:
+            self._consumer = None
+            await consumer.stop()
+            raise unavailable(f"consumer {self._group_id!r} start failed", exc) from exc
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        consumer = self._started()
+        try:
+            batches = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
+        except _CLIENT_ERRORS as exc:
+            raise unavailable(f"poll by {self._group_id!r} failed", exc) from exc
+        return [
+            # A compaction tombstone has no value; this log never writes one, but others might.
+            Record(r.topic, r.partition, r.offset, r.key, r.value if r.value is not None else b"", r.timestamp)
+            for records in batches.values()
+            for r in records
+        ]
+
+    async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
+        if not offsets:
+            return
+        consumer = self._started()
+        try:
+            await consumer.commit({KafkaTopicPartition(tp.topic, tp.partition): o for tp, o in offsets.items()})
+        except _CLIENT_ERRORS as exc:
+            # Typically CommitFailedError/IllegalStateError after a rebalance took the partition:
+            # its new owner replays from the last commit, so nothing is lost, but retrying won't help.
+            raise unavailable(f"commit by {self._group_id!r} failed", exc) from exc
+
+    async def committed(self, partition: TopicPartition) -> int | None:
+        consumer = self._started()
+        try:
+            offset = await consumer.committed(KafkaTopicPartition(partition.topic, partition.partition))
+        except _CLIENT_ERRORS as exc:
+            raise unavailable(f"reading {self._group_id!r} committed offset failed", exc) from exc
+        return int(offset) if offset is not None else None
+
+    async def seek_to_beginning(self) -> None:
+        """Rewind the partitions assigned now, or, before the group's first assignment, that one."""
+        consumer = self._started()
+        if consumer.assignment():
+            await consumer.seek_to_beginning()
+        else:
+            self._rewind_on_assign = True
+
+    def assignment(self) -> set[TopicPartition]:
+        if self._consumer is None:
+            return set()
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._consumer.assignment()}
+
+    async def close(self) -> None:
+        consumer = self._consumer
+        if consumer is None:
+            return
+        try:
+            # aiokafka does not call the rebalance listener on stop, yet leaving gives partitions up.
+            await self._revoked(self.assignment())
+        finally:
+            self._consumer = None
+            await consumer.stop()
+
+    def _started(self) -> Any:
+        if self._consumer is None:
+            error = LogUnavailable(f"kafka: consumer of group {self._group_id!r} is not started or is closed")
+            error.retryable = False
+            raise error
+        return self._consumer
+
+    async def _revoked(self, partitions: set[TopicPartition]) -> None:
+        if self._on_revoke is None or not partitions:
+            return
+        try:
+            await self._on_revoke(partitions)
+        except Exception:
+            log.exception(
+                "kafka: on_revoke failed for %s in group %s; their uncommitted records will be "
+                "replayed by the next owner",
+                sorted((p.topic, p.partition) for p in partitions),
+                self._group_id,
+            )
+
+    async def _assigned(self, partitions: list[Any]) -> None:
+        if self._rewind_on_assign and partitions and self._consumer is not None:
+            self._rewind_on_assign = False
+            await self._consumer.seek_to_beginning(*partitions)
+
+
+class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
+    def __init__(self, owner: KafkaConsumer) -> None:
+        self._owner = owner
+
+    async def on_partitions_revoked(self, revoked: list[Any]) -> None:
+        await self._owner._revoked({TopicPartition(tp.topic, tp.partition) for tp in revoked})
+
+    async def on_partitions_assigned(self, assigned: list[Any]) -> None:
+        await self._owner._assigned(list(assigned))
+
+
+def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
+    # Marks a delivery failure nobody awaits any more (the batch already failed) as seen, so asyncio
+    # does not log "exception was never retrieved" for it.
+    if not future.cancelled():
+        future.exception()

@@ -1,0 +1,118 @@
+"""A producer that never loses a record when its primary log (Kafka) is unreachable.
+
+Appends go to the primary while it answers. The first failure switches to the local spool (the
+embedded log): from then on every append is spooled, so order is kept, and a drainer copies the
+spool to the primary, in order, as soon as it answers again; only when the spool is empty do
+appends go straight to the primary again. If the spool cannot take a record either, `append`
+raises `LogUnavailable` and the caller fails closed: nothing is acknowledged that is not durable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Sequence
+
+from eventlog.base import Consumer, LogUnavailable, Producer, TopicPartition
+
+log = logging.getLogger("mcpgw.eventlog.spool")
+
+DRAIN_GROUP = "mcpgw-spool-drain"
+
+
+class SpoolingProducer:
+    def __init__(self, primary: Producer, spool: Producer, spool_reader: Consumer, retry_s: float = 0.5,
+                 drain_batch: int = 500) -> None:
+        self.primary = primary
+        self.spool = spool
+        self._reader = spool_reader
+        self._retry_s = retry_s
+        self._drain_batch = drain_batch
+        self.spooling = False
+        self._inflight = 0
+        self._drainer: asyncio.Task[None] | None = None
+        self._closed = False
+        self.spooled_total = 0
+        self.drained_total = 0
+
+    async def start(self) -> None:
+        await self.spool.start()
+        await self._reader.start()
+        try:
+            await self.primary.start()
+        except LogUnavailable as exc:
+            log.warning("primary log unavailable at start (%s): spooling locally", exc)
+        # Start as spooling: whatever a previous run left in the spool must reach the primary before
+        # anything new; the drainer switches to direct appends once the spool is empty.
+        self.spooling = True
+        self._start_drainer()
+
+    async def append(self, topic: str, key: bytes | None, value: bytes) -> None:
+        await self.append_batch(topic, [(key, value)])
+
+    async def append_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        if not self.spooling:
+            try:
+                await self.primary.append_batch(topic, records)
+                return
+            except LogUnavailable as exc:
+                if not self.spooling:
+                    log.warning("primary log unavailable (%s): spooling locally until it is back", exc)
+                    self.spooling = True
+                    self._start_drainer()
+        self._inflight += 1
+        try:
+            await self.spool.append_batch(topic, records)  # raises LogUnavailable: the caller fails closed
+            self.spooled_total += len(records)
+        finally:
+            self._inflight -= 1
+
+    def _start_drainer(self) -> None:
+        if self._drainer is None or self._drainer.done():
+            self._drainer = asyncio.create_task(self._drain(), name="spool-drainer")
+
+    async def _drain(self) -> None:
+        while not self._closed:
+            records = await self._reader.poll(self._drain_batch, 0.2)
+            if not records:
+                if self._inflight == 0:
+                    self.spooling = False  # nothing spooled is left unread: back to the primary
+                    log.info("spool drained (%d records so far): appending to the primary again",
+                             self.drained_total)
+                    return
+                continue
+            by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
+            for record in records:
+                by_topic.setdefault(record.topic, []).append((record.key, record.value))
+            while True:
+                try:
+                    for topic, batch in by_topic.items():
+                        await self.primary.append_batch(topic, batch)
+                    break
+                except LogUnavailable:
+                    if self._closed:
+                        return
+                    await asyncio.sleep(self._retry_s)
+            offsets: dict[TopicPartition, int] = {}
+            for record in records:
+                offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
+            await self._reader.commit(offsets)
+            self.drained_total += len(records)
+
+    async def wait_drained(self, timeout_s: float) -> bool:
+        if self._drainer is None:
+            return not self.spooling
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(asyncio.shield(self._drainer), timeout_s)
+        return not self.spooling
+
+    async def close(self) -> None:
+        self._closed = True
+        if self._drainer is not None:
+            self._drainer.cancel()
+            with contextlib.suppress(BaseException):
+                await self._drainer
+        await self.primary.close()
+        await self._reader.close()
+        await self.spool.close()
