@@ -18,10 +18,19 @@ import secrets
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from ingress.upstreams.base import CallContext, JsonObject
 
+EXPIRED = object()  # next_outcome's answer for a held call that was dropped while a retry waited
 MRTR_METHODS = frozenset({"tools/call", "prompts/get", "resources/read"})
 STATE_PREFIX = "mcpgw1."
+
+
+def params_digest(params: JsonObject) -> str:
+    """What a retry must repeat: the original params, less the MRTR fields and the envelope."""
+    core = {k: v for k, v in params.items() if k not in ("inputResponses", "requestState", "_meta")}
+    return hashlib.sha256(orjson.dumps(core, option=orjson.OPT_SORT_KEYS)).hexdigest()
 
 
 @dataclass(eq=False)
@@ -29,6 +38,8 @@ class HeldCall:
     principal: str
     method: str
     ctx: CallContext
+    digest: str = ""
+    busy: bool = False  # a retry is being served: a second concurrent one is refused
     task: asyncio.Task[Any] | None = None
     handle: str = ""  # minted when the call is first held: most calls never need one
     asked: dict[str, tuple[JsonObject, asyncio.Future[JsonObject]]] = field(default_factory=dict)
@@ -76,7 +87,8 @@ class HeldCalls:
         return len(self._calls)
 
     def seal(self, call: HeldCall) -> str:
-        mac = hmac.new(self._secret, f"{call.handle}|{call.principal}|{call.method}".encode(), hashlib.sha256)
+        mac = hmac.new(self._secret, f"{call.handle}|{call.principal}|{call.method}|{call.digest}".encode(),
+                       hashlib.sha256)
         return f"{STATE_PREFIX}{call.handle}.{mac.hexdigest()[:32]}"
 
     def register(self, call: HeldCall) -> str:
@@ -92,12 +104,12 @@ class HeldCalls:
             call.expiry.cancel()
         call.expiry = asyncio.get_running_loop().call_later(self.ttl_s, self.drop, call)
 
-    def find(self, state: object, principal: str, method: str) -> HeldCall | None:
+    def find(self, state: object, principal: str, method: str, digest: str) -> HeldCall | None:
         if not isinstance(state, str) or not state.startswith(STATE_PREFIX):
             return None
         handle, _, _mac = state[len(STATE_PREFIX):].partition(".")
         call = self._calls.get(handle)
-        if call is None or call.principal != principal or call.method != method:
+        if call is None or call.principal != principal or call.method != method or call.digest != digest:
             return None
         if not hmac.compare_digest(self.seal(call), state):
             return None
@@ -115,6 +127,7 @@ class HeldCalls:
         for _request, future in call.asked.values():
             if not future.done():
                 future.cancel()
+        call._woken()
 
     def close(self) -> None:
         for call in list(self._calls.values()):
@@ -125,6 +138,8 @@ async def next_outcome(call: HeldCall) -> Any:
     """Wait until the held call finishes (its `Reply`) or needs input (None)."""
     assert call.task is not None
     while True:
+        if call.task.cancelled():
+            return EXPIRED
         if call.task.done():
             return call.task.result()
         if call.fresh:

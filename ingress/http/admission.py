@@ -6,6 +6,8 @@ a JSON-RPC error body a person can act on.
 
 from __future__ import annotations
 
+import logging
+
 import orjson
 from aiohttp import web
 from mcp_types import INVALID_REQUEST
@@ -14,8 +16,11 @@ from ingress.auth import AuthFailure, Identity
 from ingress.errors import UNAUTHENTICATED
 from ingress.gateway import Gateway
 from ingress.jsonrpc import JsonObject, error_body
+from ingress.sink import SinkUnavailable
 from ingress.upstreams.base import CallContext
 from schemas.events import Outcome, new_event_id
+
+log = logging.getLogger("mcpgw.http")
 
 
 def base_context(request: web.Request, transport: str) -> CallContext:
@@ -29,7 +34,11 @@ def base_context(request: web.Request, transport: str) -> CallContext:
 async def refuse(gateway: Gateway, ctx: CallContext, status: int, code: int, message: str, outcome: Outcome,
                  received: bytes = b"", body: JsonObject | None = None, msg_id: object = None,
                  headers: dict[str, str] | None = None, data: object = None) -> web.Response:
-    await gateway.recorder.refused(ctx, body or {}, received, code, message, outcome)
+    try:
+        await gateway.recorder.refused(ctx, body or {}, received, code, message, outcome)
+    except SinkUnavailable as exc:
+        # The refusal still goes out (nothing was done), unrecorded: the audit log is down.
+        log.error("audit sink unavailable; refusal of %s not recorded: %s", ctx.method or "a request", exc)
     payload = orjson.dumps(error_body(msg_id if isinstance(msg_id, str | int) else None, code, message, data))
     return web.Response(status=status, body=payload, content_type="application/json", headers=headers)
 

@@ -10,15 +10,16 @@ import asyncio
 import contextlib
 import logging
 
+import orjson
 from aiohttp import web
 from mcp_types import INVALID_REQUEST
 
-from ingress.errors import SESSION_LIMIT
+from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway
 from ingress.http.admission import admit, base_context, read_body, refuse
 from ingress.http.channel import SSE_HEADERS, SessionStreamChannel
 from ingress.http.mcp_endpoint import _pump
-from ingress.jsonrpc import Invalid, parse_message
+from ingress.jsonrpc import Invalid, error_body, parse_message
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
 from schemas.events import EventType, Outcome
@@ -118,7 +119,10 @@ class LegacySseEndpoint:
             except asyncio.CancelledError:
                 await gateway.recorder.flush(ctx)
             except SinkUnavailable as exc:
-                log.error("audit sink unavailable, %s not answered: %s", msg.method, exc)
+                log.error("audit sink unavailable, refusing %s: %s", msg.method, exc)
+                session.push(orjson.dumps(error_body(msg.id, AUDIT_UNAVAILABLE,
+                                                     f"the audit log cannot record this call, so it was not made: "
+                                                     f"{exc}; retry later")))
             finally:
                 session.inflight.pop(msg.id, None)
 

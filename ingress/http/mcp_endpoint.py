@@ -22,7 +22,7 @@ from ingress.gateway import Gateway, Listener
 from ingress.http.admission import admit, base_context, read_body, refuse
 from ingress.http.channel import RETRY_MS, SSE_HEADERS, PostChannel, sse_event
 from ingress.jsonrpc import Invalid, JsonObject, Message, error_body, parse_message, result_body
-from ingress.mrtr import MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome
+from ingress.mrtr import EXPIRED, MRTR_METHODS, STATE_PREFIX, HeldCall, input_required, next_outcome, params_digest
 from ingress.routing import Route
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
@@ -75,7 +75,11 @@ class McpEndpoint:
             return await refuse(gateway, ctx, detected.status, detected.code, detected.message, Outcome.REFUSED,
                                 data, msg.body, msg.id, data=detected.data)
         if detected.era == "modern" and msg.method == "tools/call":
-            mismatch = await self._check_param_headers(msg, request, target)
+            try:
+                mismatch = await self._check_param_headers(msg, request, target)
+            except SinkUnavailable as exc:  # the catalog fetch it needed could not be recorded
+                return web.Response(status=503, body=orjson.dumps(_audit_unavailable(msg, exc)),
+                                    content_type="application/json")
             if mismatch is not None:
                 return await refuse(gateway, ctx, mismatch.status, mismatch.code, mismatch.message, Outcome.REFUSED,
                                     data, msg.body, msg.id)
@@ -156,6 +160,8 @@ class McpEndpoint:
             except asyncio.CancelledError:
                 return await channel.cancelled()  # notifications/cancelled from the agent
             except SinkUnavailable as exc:
+                if handshake:
+                    gateway.sessions.close(session.id)  # never recorded as opened: it must not linger
                 if channel.stream is None:
                     raise  # answered as a plain 503 below
                 return await channel.abort(_audit_unavailable(msg, exc))
@@ -178,11 +184,13 @@ class McpEndpoint:
         state = msg.params.get("requestState")
         ask_again: list[str] = []
         if isinstance(state, str) and state.startswith(STATE_PREFIX):
-            held = gateway.held_calls.find(state, ctx.principal, msg.method)
+            held = gateway.held_calls.find(state, ctx.principal, msg.method, params_digest(msg.params))
             responses = msg.params.get("inputResponses", {})
-            if held is None or not isinstance(responses, dict):
-                problem = ("inputResponses must be an object" if held is not None else
-                           "requestState is unknown, expired or was altered; call again without it")
+            if held is None or held.busy or not isinstance(responses, dict):
+                problem = ("requestState is unknown, expired, altered, or was issued for another request; call "
+                           "again without it" if held is None else
+                           "another retry with this requestState is in progress" if held.busy else
+                           "inputResponses must be an object")
                 ctx.deferred.clear()
                 return await refuse(gateway, ctx, 400, INVALID_PARAMS, problem, Outcome.REFUSED, msg.dumps(),
                                     msg.body, msg.id)
@@ -193,16 +201,23 @@ class McpEndpoint:
             held.answer(responses)
             ask_again = [k for k in held.unanswered() if k not in held.fresh]
         else:
-            held = HeldCall(ctx.principal, msg.method, ctx)
+            held = HeldCall(ctx.principal, msg.method, ctx, params_digest(msg.params))
             channel = PostChannel(request, gateway.recorder, ctx, None, timeout)
             ctx.handler = channel
             held.run(asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, None)))
         channel.held = held
+        held.busy = True
         try:
             outcome = None if ask_again else await next_outcome(held)
         except asyncio.CancelledError:
             gateway.held_calls.drop(held)  # the agent closed the stream: that cancels the call
             raise
+        finally:
+            held.busy = False
+        if outcome is EXPIRED:
+            return await channel.finish(Reply(error_body(msg.id, INVALID_PARAMS, "the held call expired before "
+                                                         "this retry; call again without requestState"),
+                                              Outcome.TIMEOUT))
         if outcome is None:
             keys = ask_again + held.fresh
             held.fresh.clear()
