@@ -1,9 +1,10 @@
 """Numbering and chaining this process's events, and signing checkpoints of the chain head (pure).
 
-Each ingress process is one stream: events get `stream_id`, a gap-free `seq`, and
-`hash = SHA-256(prev_hash ‖ canonical bytes of the event)`, so a missing or altered event breaks
-the chain where it happened. Every N events or T seconds a checkpoint event carries the head
-(`seq`, `hash`) signed with an HMAC key, so even a rewritten chain cannot be passed off as ours.
+Each ingress process is one stream: events get `stream_id`, a gap-free `seq`, `prev_hash` (the
+hash of the event before) and `hash` (SHA-256 of the event's canonical bytes, which include
+`prev_hash` and `seq`), so a missing or altered event breaks the chain where it happened. Every N
+events or T seconds a checkpoint event carries the head (`seq`, `hash`) signed with an HMAC key,
+so even a rewritten chain cannot be passed off as ours.
 """
 
 from __future__ import annotations
@@ -35,9 +36,9 @@ def sign_head(key: bytes, stream_id: str, seq: int, head_hash: str) -> str:
 
 
 class Chain:
-    def __init__(self, canonical: Callable[[GatewayEvent], bytes], policy: CheckpointPolicy,
+    def __init__(self, hasher: Callable[[GatewayEvent], str], policy: CheckpointPolicy,
                  stream_id: str | None = None, clock: Callable[[], float] = time.monotonic) -> None:
-        self._canonical = canonical
+        self._hasher = hasher
         self.policy = policy
         self.stream_id = stream_id or uuid.uuid4().hex
         self.seq = 0
@@ -53,7 +54,7 @@ class Chain:
         event.seq = self.seq
         event.prev_hash = self.head
         event.hash = ""
-        event.hash = hashlib.sha256(self.head.encode() + self._canonical(event)).hexdigest()
+        event.hash = self._hasher(event)
         self.head = event.hash
         self._since_checkpoint += 1
 

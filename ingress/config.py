@@ -130,8 +130,24 @@ class LimitsConfig(Strict):
     catalog_ttl_s: float = Field(60.0, ge=0)
 
 
+class CheckpointConfig(Strict):
+    every_events: int = Field(1000, ge=1)
+    every_seconds: float = Field(60.0, gt=0)
+    # The HMAC key signing chain heads; put it in the environment: `key: ${MCPGW_CHECKPOINT_KEY}`.
+    key: str = ""
+
+
+class RedactionConfig(Strict):
+    json_paths: list[str] = Field(default_factory=list)  # e.g. params.arguments.password, result.content[*].text
+    patterns: bool = True  # API keys, tokens, private keys, password-like JSON keys
+    max_payload_bytes: int = Field(1024 * 1024, ge=1024)  # stored whole up to this, else a prefix + hash
+    prefix_bytes: int = Field(64 * 1024, ge=0)
+
+
 class AuditConfig(Strict):
     mode: Literal["strict", "async"] = "strict"
+    checkpoint: CheckpointConfig = CheckpointConfig()
+    redaction: RedactionConfig = RedactionConfig()
 
 
 class IngressConfig(Strict):

@@ -37,6 +37,7 @@ from ingress.upstreams.base import (
 )
 from ingress.upstreams.stdio import StdioUpstream
 from schemas.events import EventType, Outcome
+from schemas.payload import PayloadPolicy
 
 log = logging.getLogger("mcpgw.gateway")
 
@@ -76,9 +77,12 @@ def level_allows(threshold: str | None, level: object) -> bool:
 
 
 class Gateway:
-    def __init__(self, config: IngressConfig, sink: EventSink) -> None:
+    def __init__(self, config: IngressConfig, sink: EventSink, instance: str | None = None) -> None:
         self.config = config
-        self.recorder = Recorder(sink, config.instance_id, config.audit.mode)
+        redaction = config.audit.redaction
+        policy = PayloadPolicy(redaction.max_payload_bytes, min(redaction.prefix_bytes, redaction.max_payload_bytes),
+                               tuple(redaction.json_paths), redaction.patterns)
+        self.recorder = Recorder(sink, instance or config.instance_id, config.audit.mode, policy)
         self.auth = Authenticator(config)
         naming = Naming(config.naming.separator, config.naming.mode, config.naming.max_length)
         self.upstreams: dict[str, Upstream] = {}

@@ -10,7 +10,6 @@ awaited, and every event says so.
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import logging
 import socket
 import time
@@ -19,7 +18,8 @@ from typing import Any
 
 from ingress.sink import EventSink
 from ingress.upstreams.base import CallContext, JsonObject
-from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
+from schemas.events import AuditMode, Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
+from schemas.payload import DEFAULT_POLICY, PayloadPolicy, prepare_payload
 
 log = logging.getLogger("mcpgw.audit")
 
@@ -49,10 +49,13 @@ def _error_of(body: JsonObject) -> tuple[int | None, str]:
 
 
 class Recorder:
-    def __init__(self, sink: EventSink, instance_id: str | None = None, mode: str = "strict") -> None:
+    def __init__(self, sink: EventSink, instance_id: str | None = None, mode: str = "strict",
+                 payload_policy: PayloadPolicy = DEFAULT_POLICY) -> None:
         self.sink = sink
         self.instance_id = instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         self.mode = mode
+        self.audit_mode = AuditMode.STRICT if mode == "strict" else AuditMode.ASYNC
+        self.payload_policy = payload_policy
         self._pending: set[asyncio.Task[None]] = set()
 
     def event(
@@ -70,6 +73,7 @@ class Recorder:
         kind = kind_of(body)
         code, message = _error_of(body)
         raw_id = body.get("id")
+        payload = prepare_payload(wire, self.payload_policy)
         return GatewayEvent(
             event_type=event_type,
             kind=kind,
@@ -95,12 +99,15 @@ class Recorder:
             error_code=code,
             error_message=message,
             latency_us=latency_us,
-            payload=wire,
-            payload_sha256=hashlib.sha256(wire).hexdigest(),
-            payload_size=len(wire),
+            payload=payload.stored,
+            payload_sha256=payload.sha256,
+            payload_size=payload.size,
+            redactions=payload.redactions,
+            payload_truncated=payload.truncated,
             trace_id=ctx.trace_id,
             span_id=ctx.span_id,
-            detail=detail if self.mode == "strict" else (detail + " [audit mode async]").strip(),
+            detail=detail,
+            audit_mode=self.audit_mode,
         )
 
     def _fill(self, event: GatewayEvent, ctx: CallContext) -> None:

@@ -14,17 +14,44 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, model_validator
 
+from eventlog.kafka_settings import KafkaSettings
 from ingress.config import SERVER_NAME, IngressConfig, ListenConfig, Strict
 
 
 class MemoryLogConfig(Strict):
+    """Events kept in memory only (tests and benchmarks): nothing is durable."""
+
     capacity: int = Field(1_000_000, ge=1)
+
+
+class RetentionConfig(Strict):
+    max_bytes: int | None = Field(None, ge=0)
+    max_age_s: float | None = Field(None, ge=0)
+
+
+class EmbeddedLogConfig(Strict):
+    """The append-only segment log under data_dir (the default)."""
+
+    partitions: int = Field(1, ge=1)
+    segment_bytes: int = Field(64 * 1024 * 1024, ge=1024)
+    retention: RetentionConfig = RetentionConfig()
 
 
 class EventLogConfig(Strict):
     memory: MemoryLogConfig | None = None
+    embedded: EmbeddedLogConfig | None = None
+    kafka: KafkaSettings | None = None
+    # Where events wait while Kafka is unreachable (under data_dir/spool).
+    spool: EmbeddedLogConfig = EmbeddedLogConfig()
+
+    @model_validator(mode="after")
+    def _one_backend(self) -> EventLogConfig:
+        chosen = [name for name in ("memory", "embedded", "kafka") if getattr(self, name) is not None]
+        if len(chosen) > 1:
+            raise ValueError(f"choose one event log, not {' and '.join(chosen)}")
+        return self
 
 
 class GatewayConfig(IngressConfig):

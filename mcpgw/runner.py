@@ -6,47 +6,45 @@ import asyncio
 import gc
 import logging
 import signal
+import socket
+import uuid
+from contextlib import AsyncExitStack
 
 from aiohttp import web
 
 from ingress.gateway import Gateway
 from ingress.http.app import build_app
-from ingress.sink import EventSink, MemoryEventSink
 from mcpgw.config import GatewayConfig
+from mcpgw.sinks import open_sink
 
 log = logging.getLogger("mcpgw")
 
 
-def make_sink(config: GatewayConfig) -> EventSink:
-    capacity = config.event_log.memory.capacity if config.event_log and config.event_log.memory else 1_000_000
-    return MemoryEventSink(capacity=capacity)
-
-
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
-    sink = make_sink(config)
-    gateway = Gateway(config, sink)
-    app = build_app(gateway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
-    site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
-    await site.start()
-    # Everything built so far lives as long as the process: keep the collector from rescanning it,
-    # and let it run less often (per-call garbage is mostly acyclic and freed by refcounting).
-    gc.collect()
-    gc.freeze()
-    gc.set_threshold(20_000, 50, 1000)
-    addresses = ", ".join(f"http://{a[0]}:{a[1]}" for a in (s.getsockname() for s in site._server.sockets))  # type: ignore[union-attr]
-    log.info("mcp-audit-gateway listening on %s (aggregate: /mcp; one server: /servers/NAME/mcp)", addresses)
-    stop = stop or asyncio.Event()
-    loop = asyncio.get_running_loop()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        loop.add_signal_handler(sig, stop.set)
-    try:
+    async with AsyncExitStack() as stack:
+        instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
+        sink = await open_sink(config, instance, stack)
+        gateway = Gateway(config, sink, instance)
+        app = build_app(gateway)
+        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)  # closed before the sink: in-flight calls record
+        site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
+        await site.start()
+        # Everything built so far lives as long as the process: keep the collector from rescanning
+        # it, and let it run less often (per-call garbage is mostly acyclic and freed by refcounting).
+        gc.collect()
+        gc.freeze()
+        gc.set_threshold(20_000, 50, 1000)
+        sockets = getattr(site._server, "sockets", None) or []
+        addresses = ", ".join(f"http://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets)
+        log.info("mcp-audit-gateway listening on %s (aggregate: /mcp; one server: /servers/NAME/mcp)", addresses)
+        stop = stop or asyncio.Event()
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, stop.set)
         await stop.wait()
-    finally:
         log.info("shutting down")
-        await runner.cleanup()
-        await sink.close()
 
 
 def run_gateway(config: GatewayConfig) -> int:

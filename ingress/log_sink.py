@@ -1,0 +1,78 @@
+"""The durable event sink: events chained, encoded as Avro and appended to the event log.
+
+`record()` returns only when the log holds the events durably (acks=all on Kafka; fsync on the
+embedded log), which is what strict audit mode waits for. Events are numbered in the order they
+will be written. When the log refuses a batch, the numbers it took are not silently skipped: the
+next batch that is written starts with an `audit_gap_recorded` event naming the refused range, so
+`mcpgw audit verify` can tell an acknowledged outage (whose calls were refused) from tampering.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+from eventlog.base import TOPIC_EVENTS, LogUnavailable, Producer
+from ingress.chain import Chain
+from ingress.sink import SinkUnavailable
+from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
+
+log = logging.getLogger("mcpgw.audit")
+
+
+def event_key(event: GatewayEvent) -> bytes:
+    """Kafka key: the conversation, so its events stay in order on one partition."""
+    return (event.session_id or event.correlation_id or event.stream_id).encode()
+
+
+class LogEventSink:
+    def __init__(self, producer: Producer, encode: Callable[[GatewayEvent], bytes], chain: Chain,
+                 instance: str, topic: str = TOPIC_EVENTS) -> None:
+        self.producer = producer
+        self._encode = encode
+        self.chain = chain
+        self.instance = instance
+        self.topic = topic
+        self._refused: list[tuple[int, int]] = []
+        self.closed = False
+
+    async def start(self) -> None:
+        await self.producer.start()
+
+    async def record(self, *events: GatewayEvent) -> None:
+        if self.closed:
+            raise SinkUnavailable("the event log is closed")
+        batch: list[GatewayEvent] = []
+        reported = len(self._refused)
+        if reported:
+            batch.append(self._gap_event())
+        batch.extend(events)
+        if self.chain.checkpoint_due():
+            batch.append(self.chain.checkpoint(self.instance))
+        first = self.chain.seq + 1
+        records = []
+        for event in batch:
+            self.chain.stamp(event)
+            records.append((event_key(event), self._encode(event)))
+        try:
+            await self.producer.append_batch(self.topic, records)
+        except LogUnavailable as exc:
+            self._refused.append((first, self.chain.seq))
+            raise SinkUnavailable(f"the event log refused the events: {exc}") from exc
+        # Ranges refused while this batch was in flight stay for the next one.
+        del self._refused[:reported]
+
+    def _gap_event(self) -> GatewayEvent:
+        ranges = ", ".join(f"{a}-{b}" for a, b in self._refused)
+        log.warning("recording refused event ranges %s: their calls were not made", ranges)
+        return GatewayEvent(
+            event_type=EventType.AUDIT_GAP_RECORDED, kind=Kind.LIFECYCLE, direction=Direction.INTERNAL,
+            outcome=Outcome.REFUSED, event_id=new_event_id(), ts_us=time.time_ns() // 1000,
+            gateway_instance=self.instance, principal="gateway", transport="internal",
+            detail=f"seq {ranges} were refused by the event log; the actions they describe were not taken",
+        )
+
+    async def close(self) -> None:
+        self.closed = True
+        await self.producer.close()

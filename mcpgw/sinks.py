@@ -1,0 +1,65 @@
+"""Choosing and opening the event sink the ingress records into, from the config.
+
+`event_log` absent or `embedded`: the durable segment log under `data_dir/log`. `kafka`: Kafka,
+with `data_dir/spool` (an embedded log) taking events while the brokers are unreachable.
+`memory`: in-memory only, for tests and benchmarks. Every durable sink chains the events and
+signs checkpoints with `audit.checkpoint.key`.
+"""
+
+from __future__ import annotations
+
+import logging
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from eventlog.base import Producer
+from eventlog.embedded.config import Retention
+from eventlog.embedded.log import EmbeddedLog
+from eventlog.kafka import KafkaProducer
+from eventlog.spool import DRAIN_GROUP, SpoolingProducer
+from ingress.chain import Chain, CheckpointPolicy
+from ingress.log_sink import LogEventSink
+from ingress.sink import EventSink, MemoryEventSink
+from mcpgw.config import EmbeddedLogConfig, GatewayConfig
+from schemas.codec import EventCodec, event_hash
+
+log = logging.getLogger("mcpgw")
+
+
+def _embedded(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
+    return EmbeddedLog(root, partitions=config.partitions, segment_bytes=config.segment_bytes,
+                       retention=Retention(config.retention.max_bytes, config.retention.max_age_s))
+
+
+async def open_sink(config: GatewayConfig, instance: str, stack: AsyncExitStack) -> EventSink:
+    """Open the configured sink; `stack` closes it (and the logs under it) in the right order."""
+    event_log = config.event_log
+    if event_log is not None and event_log.memory is not None:
+        log.warning("event_log: memory: events are NOT durable (tests and benchmarks only)")
+        return MemoryEventSink(capacity=event_log.memory.capacity)
+    data_dir = Path(config.data_dir)
+    producer: Producer
+    if event_log is not None and event_log.kafka is not None:
+        spool = _embedded(data_dir / "spool", event_log.spool)
+        await spool.open()
+        stack.push_async_callback(spool.close)
+        producer = SpoolingProducer(KafkaProducer(event_log.kafka), spool.producer(),
+                                    spool.consumer(DRAIN_GROUP, ["mcp.events"]))
+        where = f"Kafka at {event_log.kafka.bootstrap_servers} (spool: {data_dir / 'spool'})"
+    else:
+        embedded = event_log.embedded if event_log is not None and event_log.embedded else EmbeddedLogConfig()
+        local = _embedded(data_dir / "log", embedded)
+        await local.open()
+        stack.push_async_callback(local.close)
+        producer = local.producer()
+        where = f"the embedded log at {data_dir / 'log'}"
+    checkpoint = config.audit.checkpoint
+    if not checkpoint.key:
+        log.warning("audit.checkpoint.key is empty: chain checkpoints are emitted unsigned")
+    chain = Chain(event_hash, CheckpointPolicy(checkpoint.every_events, checkpoint.every_seconds,
+                                               checkpoint.key.encode()))
+    sink = LogEventSink(producer, EventCodec().encode, chain, instance)
+    await sink.start()
+    stack.push_async_callback(sink.close)
+    log.info("recording events to %s (audit mode %s, stream %s)", where, config.audit.mode, chain.stream_id)
+    return sink
