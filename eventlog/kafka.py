@@ -12,8 +12,11 @@ Failures surface as `LogUnavailable` naming the broker's error, never swallowed.
 a broker refusing idempotent producers). A producer whose `start` failed retries it on the next
 append, so a gateway that started during a broker outage recovers without a restart.
 
-With `create_topics` (the default) absent topics are created before first use, including after
-the broker lost them (a memory-only dev broker restarted); see `eventlog.kafka_admin`.
+With `create_topics` (the default) absent topics are created, with their configured policies,
+before first use, and checked again after a failed append. A topic lost while in use (a memory-only
+dev broker restarted) may instead be recreated by the broker itself with its defaults, because
+aiokafka's metadata requests always allow auto-creation: production brokers should run with
+auto.create.topics.enable=false (Apache Kafka's default is true).
 """
 
 from __future__ import annotations
@@ -42,11 +45,14 @@ _CLIENT_ERRORS = (KafkaError, OSError)
 
 
 class KafkaProducer:
+    """Appends keyed records to Kafka topics; see the module docstring for what `append` promises."""
+
     def __init__(self, settings: KafkaSettings) -> None:
         self._settings = settings
         self._producer: Any = None
         self._start_lock = asyncio.Lock()
         self._ensured: set[str] = set()
+        self._ensuring: dict[str, asyncio.Future[list[str]]] = {}
         self._closed = False
         # aiokafka bounds each stage (metadata, buffer space, acknowledgement) by request_timeout_ms;
         # this outer bound only guards against a stage that does not, so an append can never hang.
@@ -63,8 +69,7 @@ class KafkaProducer:
             return
         producer = await self._connected()
         if self._settings.create_topics and topic not in self._ensured:
-            await ensure_topics(self._settings, [topic])
-            self._ensured.add(topic)
+            await self._ensure_topic(topic)
         loop = asyncio.get_running_loop()
         deadline = loop.time() + self._deadline_s
         futures: list[asyncio.Future[Any]] = []
@@ -106,6 +111,18 @@ class KafkaProducer:
                 await producer.stop()  # flushes what is buffered, bounded by request_timeout_ms
             except _CLIENT_ERRORS as exc:
                 log.warning("kafka: producer stopped with an error: %s", exc)
+
+    async def _ensure_topic(self, topic: str) -> None:
+        # Single flight: the first burst of appends to a topic shares one check (and its failure),
+        # instead of each opening an admin connection.
+        creation = self._ensuring.get(topic)
+        if creation is None:
+            creation = asyncio.ensure_future(ensure_topics(self._settings, [topic]))
+            self._ensuring[topic] = creation
+            creation.add_done_callback(lambda _: self._ensuring.pop(topic, None))
+        # shield: one cancelled append must not cancel the check the others are waiting for.
+        await asyncio.shield(creation)
+        self._ensured.add(topic)
 
     async def _connected(self) -> Any:
         if self._producer is not None:
@@ -171,16 +188,24 @@ class KafkaConsumer:
         self._on_revoke = on_revoke
         self._consumer: Any = None
         self._rewind_on_assign = False
+        self._joined = asyncio.Event()
 
     async def start(self) -> None:
+        if self._consumer is not None:
+            return
         settings = self._settings
         if settings.create_topics:
             # Also here, not only in the producer: a group subscribed to an absent topic would sit
             # unassigned until its next metadata refresh (5 minutes) after the topic appears.
             await ensure_topics(settings, self._topics)
         group = settings.consumer
+        connection = settings.client_kwargs()
+        # aiokafka waits for a JoinGroup answer only request_timeout_ms, but brokers hold it until the
+        # group settles, up to the rebalance timeout (= session timeout here); a shorter wait loops
+        # forever on RequestTimedOut. Same rule as the Java client; consumers are off the hot path.
+        connection["request_timeout_ms"] = max(settings.request_timeout_ms, group.session_timeout_ms + 5_000)
         consumer = AIOKafkaConsumer(
-            **settings.client_kwargs(),
+            **connection,
             group_id=self._group_id,
             enable_auto_commit=False,
             auto_offset_reset="earliest",
@@ -201,6 +226,17 @@ class KafkaConsumer:
             self._consumer = None
             await consumer.stop()
             raise unavailable(f"consumer {self._group_id!r} start failed", exc) from exc
+        # Return as a member, like the embedded log: callers may then read `assignment()`, and a
+        # first short `poll` is not spent joining. Brokers hold a join up to the rebalance timeout.
+        join_s = group.session_timeout_ms / 1000 + settings.request_timeout_ms / 1000
+        try:
+            await asyncio.wait_for(self._joined.wait(), join_s)
+        except TimeoutError:
+            log.warning(
+                "kafka: consumer of group %s not assigned partitions within %.1fs; still joining",
+                self._group_id,
+                join_s,
+            )
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         consumer = self._started()
@@ -282,6 +318,7 @@ class KafkaConsumer:
         if self._rewind_on_assign and partitions and self._consumer is not None:
             self._rewind_on_assign = False
             await self._consumer.seek_to_beginning(*partitions)
+        self._joined.set()
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

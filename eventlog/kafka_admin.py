@@ -27,8 +27,11 @@ log = logging.getLogger("mcpgw.eventlog.kafka")
 
 def describe_error(exc: BaseException) -> str:
     """`Name: detail` for an aiokafka error; many of them have an empty str()."""
+    name = type(exc).__name__
     detail = str(exc) or getattr(exc, "description", "") or ""
-    return f"{type(exc).__name__}: {detail}" if detail else type(exc).__name__
+    if not detail or detail == name:
+        return name
+    return detail if detail.startswith(name) else f"{name}: {detail}"
 
 
 def unavailable(what: str, exc: BaseException) -> LogUnavailable:

@@ -1,6 +1,14 @@
-"""schemas: the event model shared by the ingress and the consumers.
+"""schemas: the event model, the one contract between the ingress and the consumers (DESIGN.md §3).
 
-Holds the Python event types, and (with the event-log work) the Avro schemas and codec.
-It is the one contract between producers and consumers, so it must not import `ingress`,
-`consumers` or any I/O library.
+- `events`, `risk`, `decisions`: the Python types (plain dataclasses and StrEnums), each
+  field-for-field the Avro record of the same name in `avsc/` (`<namespace>.<Name>.avsc`);
+  `examples/` holds one valid record of each kind, in Avro JSON.
+- `catalog`: loads the `.avsc` files (lazily) and computes fingerprints.
+- `codec`: values ⇄ bytes (single-object encoding by default, Confluent framing as an option)
+  and `canonical_event_bytes`, what the chain hash covers.
+- `payload`, `redaction`, `secrets`, `jsonpath`: what is stored of a message: redacted, hashed,
+  truncated past a limit. Pure functions.
+
+Must not import `ingress`, `consumers`, `mcpgw` or any I/O library (file reads of its own
+schemas aside); both sides import it.
 """

@@ -3,6 +3,10 @@
 Names are past tense (`EventType`); the derived `kind` and `direction` columns are the fixed
 vocabulary of the audit store (DESIGN.md §3). Events are plain values; chain fields (`stream_id`,
 `seq`, `prev_hash`, `hash`) are filled by the sink that numbers them.
+
+`GatewayEvent` is field-for-field the Avro record `mcpgw.events.GatewayEvent`
+(`schemas/avsc/`), in the same order; the one renamed field is `ts_us`, which is the `ts` column.
+`tests/schemas/test_drift.py` fails when the two disagree.
 """
 
 from __future__ import annotations
@@ -27,6 +31,7 @@ class EventType(StrEnum):
     TOOL_DEFINITIONS_CHANGED = "tool_definitions_changed"
     DECISION_APPLIED = "decision_applied"
     CHECKPOINT_RECORDED = "checkpoint_recorded"
+    AUDIT_GAP_RECORDED = "audit_gap_recorded"  # seq numbers the log refused: their actions were not taken
 
 
 class Kind(StrEnum):
@@ -43,6 +48,11 @@ class Direction(StrEnum):
     GATEWAY_TO_UPSTREAM = "gateway_to_upstream"
     UPSTREAM_TO_GATEWAY = "upstream_to_gateway"
     INTERNAL = "internal"
+
+
+class AuditMode(StrEnum):
+    STRICT = "strict"  # the action waited until this event was durable
+    ASYNC = "async"  # it did not; every event says so (DESIGN.md §2)
 
 
 class Outcome(StrEnum):
@@ -100,6 +110,9 @@ class GatewayEvent:
     trace_id: str = ""
     span_id: str = ""
     detail: str = ""
+    audit_mode: AuditMode = AuditMode.STRICT
+    # The Avro schema revision this event is encoded with; the chain hash is over that encoding.
+    schema_version: int = 1
 
     def to_dict(self) -> dict[str, object]:
         return dataclasses.asdict(self)

@@ -8,7 +8,7 @@ import zlib
 from collections.abc import Mapping, Sequence
 from typing import TYPE_CHECKING
 
-from eventlog.base import LogUnavailable, Record, TopicPartition
+from eventlog.base import LogCorrupt, LogUnavailable, Record, TopicPartition
 from eventlog.embedded.offsets import GroupOffsets
 from eventlog.embedded.reader import PartitionCursor
 from eventlog.embedded.writer import Entry
@@ -165,7 +165,14 @@ class EmbeddedConsumer:
         self._turn = (self._turn + 1) % len(cursors)
         out: list[Record] = []
         for cursor in cursors[self._turn :] + cursors[: self._turn]:
-            out.extend(cursor.read(max_records - len(out)))
+            try:
+                out.extend(cursor.read(max_records - len(out)))
+            except LogCorrupt:
+                if out:
+                    # Return what was read (those cursors moved on); the rotation makes the damaged
+                    # partition come first in a later poll, where the error is raised with nothing lost.
+                    return out
+                raise
             if len(out) >= max_records:
                 break
         return out

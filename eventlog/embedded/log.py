@@ -67,7 +67,7 @@ class EmbeddedLog:
             retention_interval_s=retention_interval_s,
         )
         self._topics: dict[str, list[PartitionLog]] = {}
-        self._topic_lock = asyncio.Lock()
+        self._creating: dict[str, asyncio.Task[list[PartitionLog]]] = {}
         self._writer: GroupCommitWriter | None = None
         self._lock_fd: int | None = None
         self._appended = asyncio.Event()
@@ -80,8 +80,7 @@ class EmbeddedLog:
     async def open(self) -> None:
         if self._open:
             return
-        # Fresh loop-bound primitives: a log may be reopened under another event loop (tests do).
-        self._topic_lock = asyncio.Lock()
+        # A fresh loop-bound event: a log may be reopened under another event loop (tests do).
         self._appended = asyncio.Event()
         if not self.read_only:
             await asyncio.to_thread(self._open_writable)
@@ -186,7 +185,7 @@ class EmbeddedLog:
         """Per partition, the offset the next record will get (a read-only log counts whole frames)."""
         out: dict[TopicPartition, int] = {}
         for p in await self.partitions(topic, create=False):
-            if p.writable:
+            if p.writable or not p.segments:
                 out[TopicPartition(topic, p.partition)] = p.high_watermark
                 continue
             seg = p.active
@@ -241,10 +240,25 @@ class EmbeddedLog:
         if topic not in self._topics:
             if not create:
                 return []
-            async with self._topic_lock:
-                if topic not in self._topics:
-                    self._topics[topic] = await asyncio.to_thread(self._load_topic, topic, True)
+            creating = self._creating.get(topic)
+            if creating is None:
+                creating = self._creating[topic] = asyncio.create_task(self._create_topic(topic))
+            # Shielded: a cancelled caller must not abandon the creation halfway (the thread goes on),
+            # and every concurrent caller waits for the same one.
+            return await asyncio.shield(creating)
         return self._topics[topic]
+
+    async def _create_topic(self, topic: str) -> list[PartitionLog]:
+        try:
+            partitions = await asyncio.to_thread(self._load_topic, topic, True)
+            if not self._open:  # closed meanwhile
+                for p in partitions:
+                    p.close()
+                raise LogUnavailable(f"event log {self.root} is not open")
+            self._topics[topic] = partitions
+            return partitions
+        finally:
+            del self._creating[topic]
 
     def appended_event(self) -> asyncio.Event:
         return self._appended

@@ -14,6 +14,7 @@ import fcntl
 import json
 import os
 from collections.abc import Mapping
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
@@ -35,7 +36,9 @@ class GroupOffsets:
         self._path = self._dir / f"{name}.json"
         self._lock_path = self._dir / f"{name}.lock"
         self._lock_fd: int | None = None
-        self._write_lock = asyncio.Lock()
+        # One thread, so writes land in commit order and never overlap on the temporary file, even
+        # when a cancelled `commit` leaves its write running.
+        self._executor: ThreadPoolExecutor | None = None
 
     def acquire(self) -> None:
         """Become the group's only member, or raise LogUnavailable naming the holder."""
@@ -53,8 +56,12 @@ class GroupOffsets:
         os.ftruncate(fd, 0)
         os.pwrite(fd, str(os.getpid()).encode(), 0)
         self._lock_fd = fd
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog-offsets")
 
     def release(self) -> None:
+        if self._executor is not None:
+            self._executor.shutdown(wait=True)  # a commit still being written finishes under the lock
+            self._executor = None
         if self._lock_fd is not None:
             os.close(self._lock_fd)  # closing drops the flock
             self._lock_fd = None
@@ -79,11 +86,12 @@ class GroupOffsets:
         for tp, offset in sorted(offsets.items(), key=lambda kv: (kv[0].topic, kv[0].partition)):
             doc.setdefault(tp.topic, {})[str(tp.partition)] = offset
         data = json.dumps({"version": 1, "group": self.group_id, "offsets": doc}).encode()
-        async with self._write_lock:  # renames must land in commit order
-            try:
-                await asyncio.to_thread(self._write, data)
-            except OSError as exc:
-                raise LogUnavailable(f"cannot persist offsets of group {self.group_id!r}: {exc}") from exc
+        if self._executor is None:
+            raise LogUnavailable(f"consumer group {self.group_id!r}: no active member")
+        try:
+            await asyncio.wrap_future(self._executor.submit(self._write, data))
+        except OSError as exc:
+            raise LogUnavailable(f"cannot persist offsets of group {self.group_id!r}: {exc}") from exc
 
     def _write(self, data: bytes) -> None:
         tmp = self._path.with_suffix(".json.tmp")

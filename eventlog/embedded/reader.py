@@ -56,19 +56,18 @@ class PartitionCursor:
                 if not self._next_segment(seg):
                     break
                 continue
-            frames, problem = read_frames(
+            frames, self._pos, problem = read_frames(
                 self._fd, self._pos, seg.size, self.next_offset, max_records - len(out), self._max_body
             )
-            for f in frames:
-                out.append(Record(plog.topic, plog.partition, f.offset, f.key, f.value, f.timestamp_ms))
-            if frames:
-                last = frames[-1]
-                self._pos = last.position + last.size
-                self.next_offset = last.offset + 1
+            topic, partition = plog.topic, plog.partition
+            out.extend(Record(topic, partition, f.offset, f.key, f.value, f.timestamp_ms) for f in frames)
+            self.next_offset += len(frames)
             if problem is not None:
-                if plog.is_complete(seg):
-                    raise LogCorrupt(f"{seg.path}: {problem}")
-                break  # another process is still writing this frame
+                if not plog.is_complete(seg):
+                    break  # another process is still writing this frame
+                if out:
+                    break  # hand over the good records first; the next read starts at the bad frame
+                raise LogCorrupt(f"{seg.path}: {problem}")
             if not frames:
                 break
         return out

@@ -52,7 +52,7 @@ class Frame(NamedTuple):
     durable_end: int
     key: bytes | None
     value: bytes
-    position: int  # of the frame's first byte in its segment
+    position: int  # of the frame's first byte in the buffer it was decoded from
     size: int
 
 
@@ -186,48 +186,50 @@ def _durable_frame_after(buf: mmap.mmap, bad_at: int, max_body: int) -> Frame | 
 
 def read_frames(
     fd: int, pos: int, limit: int, expected: int, max_records: int, max_body: int
-) -> tuple[list[Frame], str | None]:
-    """Frames from `pos` up to byte `limit`, checked for integrity and dense offsets.
+) -> tuple[list[Frame], int, str | None]:
+    """Frames from byte `pos` up to byte `limit`, checked for integrity and dense offsets.
 
-    Returns the frames and, if reading stopped at a bad or incomplete frame before `limit`, why.
-    Callers decide whether that is corruption (inside data known complete) or a tail still being
-    written (another process's active segment).
+    Returns the frames, the byte after the last of them, and why reading stopped before `limit`
+    (`None` if it did not). Callers decide whether a stop is corruption (inside data known complete)
+    or a tail still being written (another process's active segment).
     """
     frames: list[Frame] = []
     while pos < limit and len(frames) < max_records:
         buf = os.pread(fd, min(READ_CHUNK, limit - pos), pos)
         if not buf:
-            return frames, INCOMPLETE
+            return frames, pos, INCOMPLETE
         i = 0
         while i < len(buf) and len(frames) < max_records:
             frame = decode(buf, i, max_body)
             if isinstance(frame, str):
                 if frame != INCOMPLETE:
-                    return frames, f"{frame} at byte {pos + i}"
+                    return frames, pos + i, f"{frame} at byte {pos + i}"
                 break
             if frame.offset != expected:
-                return frames, f"offset {frame.offset} at byte {pos + i} where {expected} was expected"
-            frames.append(frame._replace(position=pos + i))
+                return frames, pos + i, f"offset {frame.offset} at byte {pos + i} where {expected} was expected"
+            frames.append(frame)
             expected += 1
             i += frame.size
         if i == 0:
             # The next frame is larger than a chunk (or cut short by `limit`): read exactly it.
             head = os.pread(fd, PREFIX_SIZE, pos)
-            if len(head) < PREFIX_SIZE or head[:2] != MAGIC:
-                return frames, INCOMPLETE if len(head) < PREFIX_SIZE else f"bad magic at byte {pos}"
+            if len(head) < PREFIX_SIZE:
+                return frames, pos, INCOMPLETE
             need = PREFIX_SIZE + _PREFIX.unpack(head)[1]
-            if need <= len(buf) or pos + need > limit:
-                return frames, INCOMPLETE
+            if head[:2] != MAGIC or need - PREFIX_SIZE > max_body:
+                return frames, pos, f"bad frame header at byte {pos}"
+            if pos + need > limit:
+                return frames, pos, INCOMPLETE
             frame = decode(os.pread(fd, need, pos), 0, max_body)
             if isinstance(frame, str):
-                return frames, f"{frame} at byte {pos}"
+                return frames, pos, f"{frame} at byte {pos}"
             if frame.offset != expected:
-                return frames, f"offset {frame.offset} at byte {pos} where {expected} was expected"
-            frames.append(frame._replace(position=pos))
+                return frames, pos, f"offset {frame.offset} at byte {pos} where {expected} was expected"
+            frames.append(frame)
             expected += 1
             i = frame.size
         pos += i
-    return frames, None
+    return frames, pos, None
 
 
 def locate(fd: int, index: SparseIndex, base_offset: int, target: int, limit: int) -> tuple[int, int]:

@@ -10,7 +10,13 @@ Failure is fail-closed: every waiter of a failed flush gets `LogUnavailable`. A 
 log keeps working. A failed *fsync* leaves the kernel's page cache in an unknown state (Linux marks
 the dirty pages clean after reporting the error), so the log stops taking appends until it is
 closed and reopened, which revalidates the files; retrying the fsync would report success for data
-that may never reach the disk.
+that may never reach the disk. The failed flush's records are truncated away on a best-effort basis:
+if that fails too, they may be found after the reopen. The error is thus one-sided, as audit needs:
+a record reported failed may exist (the caller's retry makes a duplicate), a record reported durable
+always exists.
+
+Each partition a flush touches costs one fsync, done one after another: on one machine a single
+partition (the default) is the fast choice, and per-key order needs no more.
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ import pytest
 from ingress.recorder import Recorder, kind_of, system_context
 from ingress.sink import MemoryEventSink, SinkUnavailable
 from ingress.upstreams.base import CallContext
-from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome
+from schemas.events import AuditMode, Direction, EventType, GatewayEvent, Kind, Outcome
 
 
 class CountingSink(MemoryEventSink):
@@ -290,7 +290,7 @@ async def test_async_mode_still_records_and_marks_events() -> None:
     await rec.drain()
     assert len(sink.calls) == 1
     assert [e.event_type for e in sink.events] == [EventType.AGENT_MESSAGE_RECEIVED, EventType.AGENT_MESSAGE_SENT]
-    assert all("[audit mode async]" in e.detail for e in sink.events)
+    assert all(e.audit_mode is AuditMode.ASYNC for e in sink.events)
     assert rec._pending == set()
 
 

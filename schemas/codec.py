@@ -1,0 +1,284 @@
+"""Bytes on the event log ⇄ Python values, with fastavro.
+
+Two wire formats. Single-object encoding (the default; no registry needed): `C3 01`, the
+writer schema's 8-byte CRC-64-AVRO fingerprint, the schemaless body. Confluent: `00`, a 4-byte
+big-endian schema id from an injected id → schema mapping (no network here), the body.
+`decode` accepts either, so consumers keep reading across a switch of format. The writer schema
+is looked up by fingerprint or id among the schemas the codec knows, and the body is resolved to
+the newest (reader) schema: old data comes back with new fields at their defaults.
+
+Errors (one tree, none retryable: the same bytes never decode differently; send the message to
+the dead-letter topic, or upgrade the reader on `UnknownSchemaError`):
+
+    CodecError(ValueError)         also: a value the schema cannot encode
+    ├── UnknownSchemaError         fingerprint or schema id not among the known writer schemas
+    └── MalformedMessageError      bad header, or a body that does not match its writer schema
+
+Codec instances reuse one output buffer: use one per thread (one per event loop is enough).
+`canonical_event_bytes` shares no state.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import hashlib
+import json
+import operator
+import sys
+from collections.abc import Callable, Iterable, Mapping
+from enum import Enum, StrEnum
+from io import BytesIO
+from typing import Any, ClassVar, Generic, TypeVar, cast, get_type_hints
+
+from fastavro import parse_schema, schemaless_reader, schemaless_writer
+
+from schemas import catalog
+from schemas.catalog import Schema
+from schemas.decisions import Decision
+from schemas.events import GatewayEvent
+from schemas.risk import RiskScore
+
+T = TypeVar("T")
+Record = dict[str, Any]
+
+SINGLE_OBJECT_MAGIC = b"\xc3\x01"
+SINGLE_OBJECT_HEADER_SIZE = 10
+CONFLUENT_MAGIC = b"\x00"
+CONFLUENT_HEADER_SIZE = 5
+
+# Python attribute → Avro field, where the audit column name differs from an older Python name.
+EVENT_RENAMES: Mapping[str, str] = {"ts_us": "ts"}
+
+
+class CodecError(ValueError):
+    """Bytes that cannot be decoded, or a value that cannot be encoded. Not retryable."""
+
+
+class UnknownSchemaError(CodecError):
+    """The writer schema is not one this reader knows: upgrade the reader. Not retryable."""
+
+
+class MalformedMessageError(CodecError):
+    """Not a well-formed message of a known schema: a poison message. Not retryable."""
+
+
+class WireFormat(StrEnum):
+    SINGLE_OBJECT = "single_object"
+    CONFLUENT = "confluent"
+
+
+def _compile(s: Schema) -> Schema:
+    return cast(Schema, parse_schema(_interned(catalog.without_logical_types(s))))
+
+
+def _interned(s: Any) -> Any:
+    """Field names interned: fastavro uses them as the decoded dict's keys, and a constructor
+    call matches interned keyword names by identity, but others by string comparison against
+    every parameter (quadratic: 25 µs of a 40-field event's decode, measured)."""
+    if isinstance(s, list):
+        return [_interned(v) for v in s]
+    if not isinstance(s, dict):
+        return s
+    out = {k: _interned(v) for k, v in s.items()}
+    if isinstance(out.get("fields"), list):
+        out["fields"] = [{**f, "name": sys.intern(f["name"])} for f in out["fields"]]
+    return out
+
+
+class RecordCodec:
+    """Avro records as dicts: one reader schema (the newest) and every writer schema we can read.
+
+    `registry` maps schema ids to self-contained schemas (JSON text or parsed), as a schema
+    registry would serve them; in the Confluent format the codec writes with the highest id
+    whose schema has the reader schema's fingerprint, and refuses to start without one.
+    """
+
+    def __init__(
+        self,
+        reader_schema: Schema,
+        *,
+        writer_schemas: Iterable[Schema] = (),
+        wire: WireFormat = WireFormat.SINGLE_OBJECT,
+        registry: Mapping[int, Schema | str] | None = None,
+    ) -> None:
+        self._reader = _compile(reader_schema)
+        own = catalog.fingerprint(reader_schema)
+        # None stands for "written with the reader schema": fastavro then skips resolution.
+        self._by_fingerprint: dict[bytes, Schema | None] = {own: None}
+        for s in writer_schemas:
+            fp = catalog.fingerprint(s)
+            if fp != own:
+                self._by_fingerprint[fp] = _compile(s)
+        self._by_id: dict[int, Schema | None] = {}
+        for schema_id, text in (registry or {}).items():
+            parsed: Schema = json.loads(text) if isinstance(text, str) else text
+            self._by_id[schema_id] = None if catalog.fingerprint(parsed) == own else _compile(parsed)
+        if wire is WireFormat.CONFLUENT:
+            ids = sorted(i for i, w in self._by_id.items() if w is None)
+            if not ids:
+                raise UnknownSchemaError("the registry mapping has no id for the schema this codec writes")
+            self._header = CONFLUENT_MAGIC + ids[-1].to_bytes(4, "big")
+        else:
+            self._header = SINGLE_OBJECT_MAGIC + own
+        self.wire = wire
+        self.fingerprint = own
+        self._out = BytesIO()
+
+    def encode(self, record: Record) -> bytes:
+        out = self._out
+        out.seek(0)
+        out.truncate()
+        out.write(self._header)
+        try:
+            schemaless_writer(out, self._reader, record)
+        except Exception as exc:  # fastavro: TypeError/ValueError/AttributeError/KeyError by case
+            raise CodecError(f"value does not fit the schema: {exc!r}") from exc
+        return out.getvalue()
+
+    def decode(self, data: bytes) -> Record:
+        writer, start = self._writer_of(data)
+        resolve_to = None if writer is None else self._reader
+        buf = BytesIO(data)
+        buf.seek(start)
+        try:
+            record = cast(Record, schemaless_reader(buf, writer or self._reader, resolve_to))
+        except Exception as exc:  # fastavro: EOFError, IndexError, UnicodeDecodeError, … by case
+            raise MalformedMessageError(f"body does not match its writer schema: {exc!r}") from exc
+        if buf.tell() != len(data):
+            raise MalformedMessageError(f"{len(data) - buf.tell()} bytes left after the record")
+        return record
+
+    def _writer_of(self, data: bytes) -> tuple[Schema | None, int]:
+        if data[:2] == SINGLE_OBJECT_MAGIC:
+            if len(data) < SINGLE_OBJECT_HEADER_SIZE:
+                raise MalformedMessageError("single-object header cut short")
+            fp = data[2:SINGLE_OBJECT_HEADER_SIZE]
+            try:
+                return self._by_fingerprint[fp], SINGLE_OBJECT_HEADER_SIZE
+            except KeyError:
+                raise UnknownSchemaError(f"unknown writer schema fingerprint {fp.hex()}") from None
+        if data[:1] == CONFLUENT_MAGIC:
+            if len(data) < CONFLUENT_HEADER_SIZE:
+                raise MalformedMessageError("Confluent header cut short")
+            schema_id = int.from_bytes(data[1:CONFLUENT_HEADER_SIZE], "big")
+            try:
+                return self._by_id[schema_id], CONFLUENT_HEADER_SIZE
+            except KeyError:
+                raise UnknownSchemaError(f"unknown writer schema id {schema_id}") from None
+        raise MalformedMessageError(f"neither single-object nor Confluent framing (starts {data[:2].hex()})")
+
+
+class RecordFields(Generic[T]):
+    """Dataclass ⇄ record dict, cheaply: one attrgetter call out, one constructor call in."""
+
+    def __init__(self, cls: type[T], renames: Mapping[str, str] | None = None) -> None:
+        self.cls = cls
+        hints = get_type_hints(cls)
+        names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
+        self.renames = dict(renames or {})
+        self.avro_names = tuple(self.renames.get(n, n) for n in names)
+        self._get: Callable[[T], tuple[Any, ...]] = operator.attrgetter(*names)
+        # A dict lookup per enum field is several times cheaper than calling the Enum class.
+        self._enums = tuple(
+            (self.renames.get(n, n), {m.value: m for m in hints[n]})
+            for n in names
+            if isinstance(hints[n], type) and issubclass(hints[n], Enum)
+        )
+        self._back = tuple((avro, py) for py, avro in self.renames.items())
+        self._positional = not any(f.kw_only for f in dataclasses.fields(cls))  # type: ignore[arg-type]
+
+    def to_record(self, obj: T) -> Record:
+        return dict(zip(self.avro_names, self._get(obj), strict=False))
+
+    def from_record(self, record: Record) -> T:
+        try:
+            for name, members in self._enums:
+                record[name] = members[record[name]]
+        except KeyError as exc:
+            raise MalformedMessageError(f"symbol {exc} is unknown to the Python enum") from None
+        try:
+            if self._positional:  # cheaper than keywords: ~30% of this step for the 40-field event
+                return self.cls(*[record[n] for n in self.avro_names])
+            for avro, py in self._back:
+                record[py] = record.pop(avro)
+            return self.cls(**record)
+        except (TypeError, ValueError, KeyError) as exc:
+            raise MalformedMessageError(f"record does not make a {self.cls.__name__}: {exc!r}") from exc
+
+
+class DataclassCodec(Generic[T]):
+    """One dataclass type ⇄ bytes, through its Avro record in `schemas/avsc/`."""
+
+    value_type: ClassVar[type[Any]]
+    fullname: ClassVar[str]
+    renames: ClassVar[Mapping[str, str]] = {}
+
+    def __init__(
+        self,
+        *,
+        wire: WireFormat = WireFormat.SINGLE_OBJECT,
+        registry: Mapping[int, Schema | str] | None = None,
+        writer_schemas: Iterable[Schema] = (),
+    ) -> None:
+        """`registry`: schema id → schema, for the Confluent format. `writer_schemas`: extra old
+        schemas to read, beyond the catalog's history."""
+        self.fields: RecordFields[T] = RecordFields(self.value_type, self.renames)
+        known = [*catalog.versions(self.fullname).values(), *writer_schemas]
+        self.records = RecordCodec(catalog.schema(self.fullname), writer_schemas=known, wire=wire, registry=registry)
+
+    def encode(self, value: T) -> bytes:
+        return self.records.encode(self.fields.to_record(value))
+
+    def decode(self, data: bytes) -> T:
+        return self.fields.from_record(self.records.decode(data))
+
+
+class EventCodec(DataclassCodec[GatewayEvent]):
+    value_type = GatewayEvent
+    fullname = catalog.GATEWAY_EVENT
+    renames = EVENT_RENAMES
+
+
+class RiskScoreCodec(DataclassCodec[RiskScore]):
+    value_type = RiskScore
+    fullname = catalog.RISK_SCORE
+
+
+class DecisionCodec(DataclassCodec[Decision]):
+    value_type = Decision
+    fullname = catalog.DECISION
+
+
+_EVENT_FIELDS = RecordFields(GatewayEvent, EVENT_RENAMES)
+
+
+@functools.cache
+def _event_schema(version: int) -> Schema:
+    try:
+        return _compile(catalog.versions(catalog.GATEWAY_EVENT)[version])
+    except KeyError:
+        raise UnknownSchemaError(f"no GatewayEvent schema with schema_version {version}") from None
+
+
+def canonical_event_bytes(event: GatewayEvent) -> bytes:
+    """What the chain hash covers: the schemaless Avro encoding of `event` with `hash` = "".
+
+    Everything else is covered, `prev_hash` and `seq` included. Encoded with the schema revision
+    named by `event.schema_version`, so events written before a schema change still verify
+    after it. Avro's binary encoding has one form per value, so this is deterministic.
+    """
+    record = _EVENT_FIELDS.to_record(event)
+    record["hash"] = ""
+    schema = _event_schema(event.schema_version)
+    out = BytesIO()
+    try:
+        schemaless_writer(out, schema, record)
+    except Exception as exc:
+        raise CodecError(f"value does not fit the schema: {exc!r}") from exc
+    return out.getvalue()
+
+
+def event_hash(event: GatewayEvent) -> str:
+    """SHA-256 hex of `canonical_event_bytes(event)`: the value of `event.hash` in a sound chain."""
+    return hashlib.sha256(canonical_event_bytes(event)).hexdigest()

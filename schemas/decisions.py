@@ -1,0 +1,61 @@
+"""Decisions: blocks and unblocks, published to the compacted `mcp.decisions` topic.
+
+Every ingress replica folds them into its in-memory blocklist. Field-for-field the Avro record
+`mcpgw.decisions.Decision`; timestamps are UTC microseconds.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+
+class DecisionAction(StrEnum):
+    BLOCK = "block"
+    UNBLOCK = "unblock"
+
+
+class DecisionScope(StrEnum):
+    PRINCIPAL = "principal"
+    SESSION = "session"
+    TENANT = "tenant"
+    TOOL = "tool"
+    SERVER = "server"
+
+
+class DecisionSource(StrEnum):
+    RISK_ENGINE = "risk_engine"
+    GRAFANA_ALERT = "grafana_alert"
+    OPERATOR = "operator"
+    POLICY = "policy"
+    EXTERNAL = "external"  # a user's own consumer or SOAR tool, through the admin API
+
+
+@dataclass(slots=True, kw_only=True)
+class Decision:
+    ts: int
+    decision_id: str
+    action: DecisionAction
+    scope: DecisionScope
+    subject: str
+    tenant: str | None = None
+    reason: str = ""
+    source: DecisionSource
+    actor: str = ""
+    expires_at: int | None = None
+    risk_score: int | None = None
+    evidence_event_ids: list[str] = field(default_factory=list)
+    schema_version: int = 1
+
+    def compaction_key(self) -> str:
+        """The Kafka key: the latest decision per key survives compaction.
+
+        `scope:subject` (DESIGN.md §3), qualified by tenant when the decision is confined to one,
+        so that blocking tool X for tenant A and for tenant B are two keys, not one overwriting
+        the other.
+        """
+        key = f"{self.scope}:{self.subject}"
+        return key if self.tenant is None else f"{key}@{self.tenant}"
+
+    def is_active(self, now_us: int) -> bool:
+        return self.action is DecisionAction.BLOCK and (self.expires_at is None or now_us < self.expires_at)

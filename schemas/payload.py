@@ -1,0 +1,74 @@
+"""Payloads as stored: redacted, hashed, and cut to a prefix when too large. Pure.
+
+What the event's payload columns mean (DESIGN.md §3, `audit.events`):
+
+- `payload`: the message bytes after redaction, exactly; when `payload_truncated`, only the
+  first `prefix_bytes` of them. Never dropped, never cut without the flag.
+- `payload_sha256`: SHA-256 of the stored payload, whole. For a whole payload,
+  `sha256(payload) == payload_sha256`, so evidence can be re-hashed. For a truncated one it is
+  the hash of the full (redacted) payload, of which only the prefix is kept; whoever holds the
+  original can re-apply the same policy and match it. With no redactions this is the SHA-256 of
+  the original bytes as they crossed the wire. It is never a hash of unredacted secrets: such a
+  hash would let anyone confirm a guessed secret.
+- `payload_size`: length of the full stored payload (the original's length when nothing was
+  redacted).
+- `redactions`: how many values redaction replaced.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from dataclasses import dataclass, field
+
+from schemas.events import GatewayEvent
+from schemas.jsonpath import JsonPath
+from schemas.redaction import redact_payload
+
+DEFAULT_MAX_BYTES = 1 << 20
+DEFAULT_PREFIX_BYTES = 64 << 10
+
+
+@dataclass(frozen=True, slots=True)
+class PayloadPolicy:
+    max_bytes: int = DEFAULT_MAX_BYTES
+    prefix_bytes: int = DEFAULT_PREFIX_BYTES
+    json_paths: tuple[str, ...] = ()
+    patterns: bool = True
+    compiled_paths: tuple[JsonPath, ...] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        if self.max_bytes < 1:
+            raise ValueError(f"max_bytes must be positive, not {self.max_bytes}")
+        if not 0 <= self.prefix_bytes <= self.max_bytes:
+            raise ValueError(f"prefix_bytes must be in 0..max_bytes ({self.max_bytes}), not {self.prefix_bytes}")
+        # Parsed once here, so a bad path fails at config load, not on the first message.
+        object.__setattr__(self, "compiled_paths", tuple(JsonPath.parse(p) for p in self.json_paths))
+
+
+DEFAULT_POLICY = PayloadPolicy()
+
+
+@dataclass(frozen=True, slots=True)
+class PreparedPayload:
+    stored: bytes
+    sha256: str
+    size: int
+    redactions: int
+    truncated: bool
+
+    def apply_to(self, event: GatewayEvent) -> None:
+        event.payload = self.stored
+        event.payload_sha256 = self.sha256
+        event.payload_size = self.size
+        event.redactions = self.redactions
+        event.payload_truncated = self.truncated
+
+
+def prepare_payload(raw: bytes, policy: PayloadPolicy = DEFAULT_POLICY) -> PreparedPayload:
+    """The payload columns for message bytes `raw` under `policy` (see the module docstring)."""
+    # Redact the whole before cutting: paths need the parse, and a cut could split a secret.
+    full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
+    digest = hashlib.sha256(full).hexdigest()
+    if len(full) <= policy.max_bytes:
+        return PreparedPayload(full, digest, len(full), redactions, False)
+    return PreparedPayload(full[: policy.prefix_bytes], digest, len(full), redactions, True)

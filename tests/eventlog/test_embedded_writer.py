@@ -1,0 +1,165 @@
+"""Embedded log: group commit, fail-closed flushes, bounded memory."""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import os
+import threading
+from pathlib import Path
+
+import pytest
+
+from eventlog.base import LogError, LogUnavailable
+from eventlog.embedded import EmbeddedLog, LogLimits, writer
+from tests.eventlog.backends import read_until_quiet
+
+
+async def values(log: EmbeddedLog, group: str, topic: str = "t") -> list[bytes]:
+    consumer = log.consumer(group, [topic])
+    await consumer.start()
+    try:
+        return [r.value for r in await read_until_quiet(consumer, quiet_s=0.1)]
+    finally:
+        await consumer.close()
+
+
+def failing(err: int) -> object:
+    def sync(fd: int) -> None:
+        raise OSError(err, os.strerror(err))
+
+    return sync
+
+
+async def test_a_failed_fsync_fails_every_waiter_and_stops_the_log_until_reopened(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+        await producer.append("t", b"k", b"durable")
+        monkeypatch.setattr(writer, "_sync", failing(errno.EIO))
+        results = await asyncio.gather(
+            *(producer.append("t", b"k", f"lost-{i}".encode()) for i in range(10)), return_exceptions=True
+        )
+        assert all(isinstance(r, LogUnavailable) for r in results), results
+        assert log.stats.failed_flushes == 1
+        monkeypatch.undo()
+        with pytest.raises(LogUnavailable, match="reopen"):  # even with the disk back: the page cache is suspect
+            await producer.append("t", b"k", b"refused")
+        assert await values(log, "g1") == [b"durable"]
+    async with EmbeddedLog(tmp_path) as log:
+        await log.producer().append("t", b"k", b"after reopen")
+        assert await values(log, "g2") == [b"durable", b"after reopen"]
+
+
+async def test_a_failed_write_is_rolled_back_and_the_log_keeps_working(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def half_then_full(fd: int, data: memoryview) -> int:
+        if len(data) > 8:
+            return os.write(fd, data[: len(data) // 2])  # a short write; the retry hits ENOSPC
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+        await producer.append("t", b"k", b"first")
+        monkeypatch.setattr(writer, "_write", half_then_full)
+        results = await asyncio.gather(
+            *(producer.append("t", b"k", b"x" * 100) for _ in range(5)), return_exceptions=True
+        )
+        assert all(isinstance(r, LogUnavailable) and "No space" in str(r) for r in results), results
+        monkeypatch.undo()
+        await producer.append("t", b"k", b"second")  # no reopen needed, no gap in offsets
+        consumer = log.consumer("g", ["t"])
+        await consumer.start()
+        records = await read_until_quiet(consumer, quiet_s=0.1)
+        assert [(r.offset, r.value) for r in records] == [(0, b"first"), (1, b"second")]
+
+
+async def test_appends_beyond_max_pending_are_refused_not_buffered(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    disk = threading.Event()
+    real_sync = writer._sync
+
+    def slow_sync(fd: int) -> None:
+        disk.wait(10)
+        real_sync(fd)
+
+    monkeypatch.setattr(writer, "_sync", slow_sync)
+    async with EmbeddedLog(tmp_path, limits=LogLimits(max_pending_records=5)) as log:
+        producer = log.producer()
+        waiting = [asyncio.create_task(producer.append("t", b"k", str(i).encode())) for i in range(5)]
+        await asyncio.sleep(0.05)  # the first flush is stuck in fsync, the rest queue behind it
+        with pytest.raises(LogUnavailable, match="log full"):
+            await producer.append("t", b"k", b"one too many")
+        disk.set()
+        await asyncio.gather(*waiting)
+        await producer.append("t", b"k", b"room again")
+        assert len(await values(log, "g")) == 6
+
+
+async def test_a_record_over_the_size_limit_is_refused(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path, limits=LogLimits(max_record_bytes=1024)) as log:
+        with pytest.raises(LogError, match="max_record_bytes") as info:
+            await log.producer().append("t", None, b"x" * 2000)
+        assert not isinstance(info.value, LogUnavailable), "retrying cannot help: not retryable"
+
+
+async def test_appends_started_in_order_are_stored_in_order(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+        await asyncio.gather(*(producer.append("t", b"session", str(i).encode()) for i in range(300)))
+        assert [int(v) for v in await values(log, "g")] == list(range(300))
+
+
+async def test_group_commit_batches_even_when_appenders_keep_coming(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+
+        async def appender(n: int) -> None:
+            for i in range(25):
+                await producer.append("t", f"k{n}".encode(), str(i).encode())
+
+        await asyncio.gather(*(appender(n) for n in range(32)))
+        stats = log.stats
+        assert stats.records == 800
+        assert stats.fsyncs == stats.flushes  # one partition: one fsync per flush
+        assert stats.fsyncs <= 800 / 8, f"{stats.fsyncs} fsyncs for 800 appends from 32 appenders"
+
+
+async def test_a_cancelled_append_leaves_the_log_working(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+        for topic in ("new", "new"):  # cancelled while the topic is created, then while waiting for the disk
+            task = asyncio.create_task(producer.append(topic, b"k", b"maybe"))
+            await asyncio.sleep(0)
+            task.cancel()
+            await producer.append(topic, b"k", b"surely")
+        got = await values(log, "g", "new")
+        assert got.count(b"surely") == 2 and set(got) <= {b"maybe", b"surely"}
+
+
+async def test_closing_flushes_what_is_queued_and_refuses_later_appends(tmp_path: Path) -> None:
+    log = EmbeddedLog(tmp_path)
+    await log.open()
+    await log.create_topic("t")
+    producer = log.producer()
+    pending = [asyncio.create_task(producer.append("t", b"k", str(i).encode())) for i in range(50)]
+    await asyncio.sleep(0)
+    await log.close()
+    await asyncio.gather(*pending)  # all acknowledged: close waited for their flush
+    with pytest.raises(LogUnavailable):
+        await producer.append("t", b"k", b"late")
+    async with EmbeddedLog(tmp_path) as log:
+        assert len(await values(log, "g")) == 50
+
+
+async def test_partitions_are_spread_by_key_and_fsynced_once_per_flush_each(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path, partitions=3) as log:
+        producer = log.producer()
+        await producer.append_batch("t", [(f"k{i}".encode(), b"v") for i in range(30)])
+        assert log.stats.flushes == 1
+        assert log.stats.fsyncs == 3
+        ends = await log.end_offsets("t")
+        assert sum(ends.values()) == 30 and all(ends.values())
