@@ -12,6 +12,8 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
+from eventlog.base import LogUnavailable
+from eventlog.embedded.log import LogLocked
 from ingress.gateway import Gateway
 from ingress.http.app import build_app
 from mcpgw.config import GatewayConfig
@@ -54,5 +56,13 @@ def run_gateway(config: GatewayConfig) -> int:
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
         pass
-    asyncio.run(serve(config))
+    try:
+        asyncio.run(serve(config))
+    except LogLocked as exc:
+        log.error("cannot start: %s. Another gateway is using data_dir %s; stop it, or give this one its own "
+                  "data_dir", exc, config.data_dir)
+        return 1
+    except LogUnavailable as exc:
+        log.error("cannot start: the event log is unavailable: %s", exc)
+        return 1
     return 0
