@@ -19,6 +19,7 @@ from eventlog.base import Consumer, LogUnavailable, Producer, TopicPartition
 log = logging.getLogger("mcpgw.eventlog.spool")
 
 DRAIN_GROUP = "mcpgw-spool-drain"
+SWITCH_WAIT_S = 1.0  # longest a new append waits for the switch back to the primary
 
 
 class SpoolingProducer:
@@ -33,6 +34,9 @@ class SpoolingProducer:
         self._inflight = 0
         self._drainer: asyncio.Task[None] | None = None
         self._closed = False
+        self._switching = False
+        self._switched = asyncio.Event()
+        self._idle = asyncio.Event()
         self.spooled_total = 0
         self.drained_total = 0
 
@@ -52,6 +56,11 @@ class SpoolingProducer:
         await self.append_batch(topic, [(key, value)])
 
     async def append_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]]) -> None:
+        if self._switching:
+            # The drainer is taking the spool's last records: wait briefly so this one can go to the
+            # primary after them; if the switch does not complete in time, keep spooling.
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._switched.wait(), SWITCH_WAIT_S)
         if not self.spooling:
             try:
                 await self.primary.append_batch(topic, records)
@@ -67,6 +76,8 @@ class SpoolingProducer:
             self.spooled_total += len(records)
         finally:
             self._inflight -= 1
+            if self._inflight == 0:
+                self._idle.set()
 
     def _start_drainer(self) -> None:
         if self._drainer is None or self._drainer.done():
@@ -78,9 +89,18 @@ class SpoolingProducer:
             if not records:
                 if self._inflight == 0:
                     self.spooling = False  # nothing spooled is left unread: back to the primary
+                    self._switching = False
+                    self._switched.set()
                     log.info("spool drained (%d records so far): appending to the primary again",
                              self.drained_total)
                     return
+                # Caught up, but appends keep arriving (sustained load): hold new ones back for a
+                # moment, let the ones in flight land, drain that tail, then switch.
+                self._switching = True
+                self._switched.clear()
+                self._idle.clear()
+                with contextlib.suppress(TimeoutError):
+                    await asyncio.wait_for(self._idle.wait(), SWITCH_WAIT_S)
                 continue
             by_topic: dict[str, list[tuple[bytes | None, bytes]]] = {}
             for record in records:
@@ -99,6 +119,11 @@ class SpoolingProducer:
                 offsets[TopicPartition(record.topic, record.partition)] = record.offset + 1
             await self._reader.commit(offsets)
             self.drained_total += len(records)
+            if len(records) < self._drain_batch and not self._switching:
+                # Nearly caught up (a partial batch) and the primary answers: hold new appends from
+                # here, so the spool stops growing and the next polls reach its end under load.
+                self._switching = True
+                self._switched.clear()
 
     async def wait_drained(self, timeout_s: float) -> bool:
         if self._drainer is None:

@@ -9,6 +9,7 @@ next batch that is written starts with an `audit_gap_recorded` event naming the 
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Callable
@@ -19,6 +20,11 @@ from ingress.sink import SinkUnavailable
 from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
 
 log = logging.getLogger("mcpgw.audit")
+
+
+def _retrieved(task: asyncio.Future[None]) -> None:
+    if not task.cancelled():
+        task.exception()  # seen by the awaiting caller, or (caller gone) already in the refused ranges
 
 
 def event_key(event: GatewayEvent) -> bytes:
@@ -55,10 +61,17 @@ class LogEventSink:
         for event in batch:
             self.chain.stamp(event)
             records.append((event_key(event), self._encode(event)))
+        # The numbers are taken: the append must run to its end even if the caller gives up (an agent
+        # hanging up), or a refusal would leave a hole no gap event explains.
+        append = asyncio.ensure_future(self._append(records, first, self.chain.seq, reported))
+        append.add_done_callback(_retrieved)
+        await asyncio.shield(append)
+
+    async def _append(self, records: list[tuple[bytes, bytes]], first: int, last: int, reported: int) -> None:
         try:
             await self.producer.append_batch(self.topic, records)
         except LogUnavailable as exc:
-            self._refused.append((first, self.chain.seq))
+            self._refused.append((first, last))
             raise SinkUnavailable(f"the event log refused the events: {exc}") from exc
         # Ranges refused while this batch was in flight stay for the next one.
         del self._refused[:reported]
