@@ -11,8 +11,10 @@ from mcpgw.config import ConfigError, GatewayConfig, load_config
 
 EPILOG = """\
 quick start:
-  mcpgw up -c examples/gateway.yaml      run everything on embedded defaults
+  mcpgw up -c examples/gateway.yaml      run everything on embedded defaults (log + audit store in ./data)
   mcpgw config check -c gateway.yaml     validate a config; every problem with its path and a fix
+  mcpgw audit query "SELECT ..." -c F    read-only SQL over the audit store (gateway stopped)
+  mcpgw audit verify -c F                prove the audit trail complete and untampered
 
 Agents connect to http://HOST:PORT/mcp (all servers, tools named server__tool) or
 http://HOST:PORT/servers/NAME/mcp (one server, its own names), with
@@ -39,6 +41,31 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
     ingress.add_argument("--host", help="override listen.host")
     ingress.add_argument("--port", type=int, help="override listen.port")
+
+    consume = sub.add_parser("consume", help="run one consumer on its own (distributed deployment)")
+    consume.add_argument("role", choices=["audit"], help="audit: mcp.events into the audit store")
+    consume.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+
+    audit = sub.add_parser("audit", help="compliance tools over the audit store")
+    audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")
+    query = audit_sub.add_parser("query", help="read-only SQL over the audit store")
+    query.add_argument("sql", help='e.g. "SELECT principal, count() FROM audit.events GROUP BY principal"')
+    query.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    query.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    verify = audit_sub.add_parser("verify", help="check every stream's chain, sequence and checkpoint signatures")
+    verify.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    verify.add_argument("--stream", action="append", help="only this stream id (repeatable)")
+    verify.add_argument("--json", action="store_true", help="print the report as JSON")
+    export = audit_sub.add_parser("export", help="export events of a time range (Parquet, CSV or JSON lines)")
+    export.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    export.add_argument("--start", required=True, help="ISO time, inclusive (e.g. 2026-11-01T00:00:00Z)")
+    export.add_argument("--end", required=True, help="ISO time, exclusive")
+    export.add_argument("--tenant")
+    export.add_argument("--principal")
+    export.add_argument("-o", "--output", required=True, type=Path, help="file: .parquet, .csv or .jsonl")
+
+    replay = sub.add_parser("replay", help="rebuild the audit store from the event log (idempotent)")
+    replay.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
 
     config = sub.add_parser("config", help="work with configuration files")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -82,7 +109,17 @@ def main(argv: list[str] | None = None) -> int:
             config = config.model_copy(update={"listen": config.listen.model_copy(update=overrides)})
         from mcpgw.runner import run_gateway
 
-        return run_gateway(config)
+        return run_gateway(config, consumers=args.command == "up")
+    if args.command in ("audit", "consume", "replay"):
+        config = _load(args.config)
+        if config is None:
+            return 1
+        from mcpgw import compliance_cli
+
+        if args.command == "audit" and args.audit_command is None:
+            parser.parse_args(["audit", "--help"])
+            return 2
+        return compliance_cli.main(args, config)
     parser.print_help()
     return 2
 

@@ -11,7 +11,7 @@ import re
 from collections.abc import Iterable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any
 
 import yaml
 from pydantic import Field, ValidationError, model_validator
@@ -54,9 +54,34 @@ class EventLogConfig(Strict):
         return self
 
 
+class ChdbStoreConfig(Strict):
+    """Embedded ClickHouse (chDB); the directory defaults to data_dir/clickhouse."""
+
+    path: str | None = None
+
+
+class ClickHouseStoreConfig(Strict):
+    url: Annotated[str, Field(pattern=r"^https?://")]
+    user: str = "default"
+    password: str = ""
+    database: str = "audit"
+
+
+class AuditStoreConfig(Strict):
+    chdb: ChdbStoreConfig | None = None
+    clickhouse: ClickHouseStoreConfig | None = None
+
+    @model_validator(mode="after")
+    def _one_store(self) -> AuditStoreConfig:
+        if self.chdb is not None and self.clickhouse is not None:
+            raise ValueError("choose one audit store, not chdb and clickhouse")
+        return self
+
+
 class GatewayConfig(IngressConfig):
     data_dir: str = "./data"
     event_log: EventLogConfig | None = None
+    audit_store: AuditStoreConfig | None = None
 
 
 @dataclass(frozen=True)

@@ -16,17 +16,23 @@ from eventlog.base import LogUnavailable
 from eventlog.embedded.log import LogLocked
 from ingress.gateway import Gateway
 from ingress.http.app import build_app
+from mcpgw.audit_runtime import start_audit_consumer
 from mcpgw.config import GatewayConfig
-from mcpgw.sinks import open_sink
+from mcpgw.sinks import open_event_log
 
 log = logging.getLogger("mcpgw")
 
 
-async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> None:
+async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consumers: bool = False) -> None:
+    """Run the ingress; with `consumers`, also the audit consumer (`mcpgw up`)."""
     async with AsyncExitStack() as stack:
         instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
-        sink = await open_sink(config, instance, stack)
-        gateway = Gateway(config, sink, instance)
+        opened = await open_event_log(config, instance, stack)
+        durable = opened.local_log is not None or (config.event_log is not None and config.event_log.kafka)
+        if consumers and durable:
+            # Stopped after the ingress (the stack unwinds in reverse), so the last events get stored.
+            await start_audit_consumer(config, opened.local_log, stack)
+        gateway = Gateway(config, opened.sink, instance)
         app = build_app(gateway)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()
@@ -49,7 +55,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None) -> Non
         log.info("shutting down")
 
 
-def run_gateway(config: GatewayConfig) -> int:
+def run_gateway(config: GatewayConfig, consumers: bool = False) -> int:
     try:
         import uvloop
 
@@ -57,7 +63,7 @@ def run_gateway(config: GatewayConfig) -> int:
     except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
         pass
     try:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, consumers=consumers))
     except LogLocked as exc:
         log.error("cannot start: %s. Another gateway is using data_dir %s; stop it, or give this one its own "
                   "data_dir", exc, config.data_dir)

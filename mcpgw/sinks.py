@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from pathlib import Path
 
 from eventlog.base import Producer
@@ -31,14 +32,25 @@ def _embedded(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
                        retention=Retention(config.retention.max_bytes, config.retention.max_age_s))
 
 
+@dataclass(frozen=True)
+class OpenedSink:
+    sink: EventSink
+    local_log: EmbeddedLog | None  # the embedded event log, when that is where events go
+
+
 async def open_sink(config: GatewayConfig, instance: str, stack: AsyncExitStack) -> EventSink:
     """Open the configured sink; `stack` closes it (and the logs under it) in the right order."""
+    return (await open_event_log(config, instance, stack)).sink
+
+
+async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitStack) -> OpenedSink:
     event_log = config.event_log
     if event_log is not None and event_log.memory is not None:
         log.warning("event_log: memory: events are NOT durable (tests and benchmarks only)")
-        return MemoryEventSink(capacity=event_log.memory.capacity)
+        return OpenedSink(MemoryEventSink(capacity=event_log.memory.capacity), None)
     data_dir = Path(config.data_dir)
     producer: Producer
+    local: EmbeddedLog | None = None
     if event_log is not None and event_log.kafka is not None:
         spool = _embedded(data_dir / "spool", event_log.spool)
         await spool.open()
@@ -62,4 +74,4 @@ async def open_sink(config: GatewayConfig, instance: str, stack: AsyncExitStack)
     await sink.start()
     stack.push_async_callback(sink.close)
     log.info("recording events to %s (audit mode %s, stream %s)", where, config.audit.mode, chain.stream_id)
-    return sink
+    return OpenedSink(sink, local)

@@ -1,0 +1,131 @@
+"""The write end of a chain: `ReplayGuard` → `Insert` → `Commit`.
+
+`Insert` returns only after the writer did, and only then hands the batch to `Commit`, so an
+offset is never committed for a row that is not in the store. A crash between the two replays
+the batch; its dedup token makes the store drop the second write when the batch is cut the same
+way, and `ReplayGuard` drops the values already written when it is not.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Awaitable, Callable, Sequence
+from dataclasses import replace
+from typing import TypeVar
+
+from consumers.pipeline.retry import RetryPolicy, retrying
+from consumers.pipeline.types import ConsumerMetrics, Forward, Step, ValuesBatch
+from eventlog.base import Consumer, TopicPartition
+
+log = logging.getLogger("mcpgw.consumers.pipeline")
+
+T = TypeVar("T")
+
+Writer = Callable[[Sequence[T], str], Awaitable[None]]
+Unwritten = Callable[[Sequence[T]], Awaitable[Sequence[T]]]
+
+
+class ReplayGuard(Forward[ValuesBatch[T]]):
+    """Drops values an earlier run wrote but did not commit, in the first batches after an assignment.
+
+    Those values are a prefix of what is read after the committed offset (the earlier run wrote
+    batches in order and committed each before writing the next), so the check runs on the first
+    batch and goes on only while a whole batch turns out written. `unwritten(values)` returns the
+    values the store does not hold yet, in order; retryable failures of it are waited out.
+    """
+
+    def __init__(
+        self,
+        unwritten: Unwritten[T],
+        next_step: Step[ValuesBatch[T]],
+        metrics: ConsumerMetrics,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(next_step)
+        self._unwritten = unwritten
+        self._metrics = metrics
+        self._retry = retry or RetryPolicy()
+        self._checking: set[TopicPartition] = set()
+
+    async def submit(self, item: ValuesBatch[T]) -> None:
+        tp = item.partition
+        if item.after_assignment:
+            self._checking.add(tp)
+        if tp in self._checking and item.values:
+            values = item.values
+            fresh = await retrying(
+                lambda: self._unwritten(values),
+                self._retry,
+                f"checking {item.dedup_token} for replayed rows",
+                self._metrics,
+            )
+            if len(fresh) < len(values):
+                self._metrics.already_written += len(values) - len(fresh)
+                log.info(
+                    "batch %s: %d of %d values were written by an earlier run; not writing them again",
+                    item.dedup_token,
+                    len(values) - len(fresh),
+                    len(values),
+                )
+            if fresh:
+                self._checking.discard(tp)
+            item = replace(item, values=fresh)
+        await self.next.submit(item)
+
+
+class Insert(Forward[ValuesBatch[T]]):
+    """Writes a batch's values with its dedup token, waiting out retryable errors, then hands it on."""
+
+    def __init__(
+        self,
+        write: Writer[T],
+        next_step: Step[ValuesBatch[T]],
+        metrics: ConsumerMetrics,
+        *,
+        retry: RetryPolicy | None = None,
+    ) -> None:
+        super().__init__(next_step)
+        self._write = write
+        self._metrics = metrics
+        self._retry = retry or RetryPolicy()
+
+    async def submit(self, item: ValuesBatch[T]) -> None:
+        if item.values:
+            values = item.values
+            await retrying(
+                lambda: self._write(values, item.dedup_token),
+                self._retry,
+                f"writing batch {item.dedup_token}",
+                self._metrics,
+            )
+            self._metrics.inserted += len(values)
+            self._metrics.batches += 1
+        await self.next.submit(item)
+
+
+class Commit:
+    """The last step: commits `last + 1` of each batch it is handed, i.e. after the write returned."""
+
+    def __init__(self, consumer: Consumer, metrics: ConsumerMetrics, *, clock: Callable[[], float] = time.time) -> None:
+        self._consumer = consumer
+        self._metrics = metrics
+        self._clock = clock
+
+    async def submit(self, item: ValuesBatch[T]) -> None:
+        # Not retried: a failed commit after a rebalance will not succeed later (Kafka), and the
+        # records are replayed either way; the consumer stops and says why.
+        await self._consumer.commit({item.partition: item.last + 1})
+        self._metrics.commits += 1
+        self._metrics.committed[item.partition] = item.last + 1
+        self._metrics.last_commit = self._clock()
+
+    async def poll(self) -> None:
+        pass
+
+    async def join(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass

@@ -1,0 +1,96 @@
+"""The compliance commands: `mcpgw audit query|verify|export`, `mcpgw consume audit`, `mcpgw replay`."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import logging
+import signal
+import sys
+import uuid
+from contextlib import AsyncExitStack
+from pathlib import Path
+
+from consumers.compliance.render import render, render_report, render_report_json
+from consumers.compliance.tools import audit_export, audit_query, audit_verify
+from consumers.store.base import StoreError
+from eventlog.base import LogUnavailable
+from eventlog.embedded.log import EmbeddedLog
+from mcpgw.audit_runtime import caught_up, start_audit_consumer
+from mcpgw.config import GatewayConfig
+from mcpgw.sinks import _embedded
+from mcpgw.stores import store_for
+
+log = logging.getLogger("mcpgw")
+
+
+def main(args: argparse.Namespace, config: GatewayConfig) -> int:
+    try:
+        return asyncio.run(_main(args, config))
+    except (StoreError, LogUnavailable) as exc:
+        print(f"mcpgw {args.command}: {exc}", file=sys.stderr)
+        return 1
+
+
+async def _main(args: argparse.Namespace, config: GatewayConfig) -> int:
+    if args.command == "consume":
+        return await _consume(config)
+    if args.command == "replay":
+        return await _replay(config)
+    store = store_for(config)
+    await store.open()
+    try:
+        if args.audit_command == "query":
+            print(render(await audit_query(store, args.sql), args.format))
+            return 0
+        if args.audit_command == "verify":
+            report = await audit_verify(store, config.audit.checkpoint.key or None, args.stream)
+            print(render_report_json(report) if args.json else render_report(report))
+            return 0 if report.ok else 3
+        summary = await audit_export(store, args.start, args.end, args.tenant, args.principal,
+                                     out_path=args.output)
+        print(json.dumps({"file": str(args.output), "rows": summary.rows, "sha256": summary.sha256}))
+        return 0
+    finally:
+        await store.close()
+
+
+async def _consume(config: GatewayConfig) -> int:
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+    async with AsyncExitStack() as stack:
+        local = await _local_log(config, stack)
+        running = await start_audit_consumer(config, local, stack)
+        waiter = asyncio.ensure_future(stop.wait())
+        await asyncio.wait({waiter, running.task}, return_when=asyncio.FIRST_COMPLETED)
+        waiter.cancel()
+        return 1 if running.task.done() and running.task.exception() is not None else 0
+
+
+async def _replay(config: GatewayConfig) -> int:
+    """Run the audit consumer from the beginning under its own group until it has caught up."""
+    async with AsyncExitStack() as stack:
+        local = await _local_log(config, stack)
+        # A group of its own, new each time, reads the whole log; what is already stored is not
+        # written again (dedup tokens and the replay guard), so a second replay changes nothing.
+        running = await start_audit_consumer(config, local, stack, group=f"audit-replay-{uuid.uuid4().hex[:12]}")
+        done = await caught_up(running, local, timeout_s=3600)
+        metrics = running.audit.metrics
+        print(json.dumps({"consumed": metrics.consumed, "inserted": metrics.inserted,
+                          "already_stored": metrics.already_written, "complete": done}))
+        return 0 if done else 1
+
+
+async def _local_log(config: GatewayConfig, stack: AsyncExitStack) -> EmbeddedLog | None:
+    if config.event_log is not None and config.event_log.kafka is not None:
+        return None
+    embedded = config.event_log.embedded if config.event_log is not None and config.event_log.embedded else None
+    from mcpgw.config import EmbeddedLogConfig
+
+    local = _embedded(Path(config.data_dir) / "log", embedded or EmbeddedLogConfig())
+    await local.open()
+    stack.push_async_callback(local.close)
+    return local
