@@ -76,7 +76,7 @@ def gateway_events() -> list[GatewayEvent]:
     lifecycle = (Kind.LIFECYCLE, Direction.INTERNAL)
     internal: dict[str, Any] = {"session_id": "", "principal": "gateway", "transport": "internal", "on_behalf_of": "",
                                 "client_addr": "", "trace_id": "", "span_id": ""}
-    call: dict[str, Any] = {"jsonrpc_id": "7", "method": "tools/call", "server": "payments", "tool": "payments__charge"}
+    call: dict[str, Any] = {"jsonrpc_id": "7", "method": "tools/call", "server": "payments", "tool": "charge"}
     events = [
         _event(1, EventType.SESSION_OPENED, *lifecycle, method="initialize", detail="client claude-code/2.1"),
         _event(2, EventType.AGENT_MESSAGE_RECEIVED, Kind.REQUEST, Direction.AGENT_TO_GATEWAY, CALL, **call),
@@ -89,7 +89,7 @@ def gateway_events() -> list[GatewayEvent]:
         _event(6, EventType.MESSAGE_REFUSED, Kind.ERROR, Direction.AGENT_TO_GATEWAY,
                _rpc({"jsonrpc": "2.0", "id": "c-1", "method": "tools/call", "params": {"name": "fs__delete"}}),
                outcome=Outcome.BLOCKED, protocol_era="modern", protocol_version="2026-07-28", session_id="",
-               correlation_id="c-1", jsonrpc_id="c-1", method="tools/call", server="fs", tool="fs__delete",
+               correlation_id="c-1", jsonrpc_id="c-1", method="tools/call", server="fs", tool="delete",
                error_code=-32001, error_message="blocked: tool fs__delete for tenant acme", audit_mode=AuditMode.ASYNC),
         _event(7, EventType.UPSTREAM_CONNECTED, *lifecycle, server="notes", transport="streamable_http",
                detail="http://127.0.0.1:9000/mcp"),
