@@ -23,11 +23,13 @@ from ingress.recorder import Recorder, system_context
 from ingress.routing import NotRouted, Route, route_named, route_resource
 from ingress.upstreams.base import JsonObject, Upstream, UpstreamState
 from ingress.upstreams.errors import UpstreamError
+from ingress.upstreams.mcp_headers import ParamHeader, tool_param_headers
 from schemas.events import EventType
 
 log = logging.getLogger("mcpgw.catalog")
 
 MAX_PAGES = 100
+_NO_SPECS: list[ParamHeader] = []
 
 
 @dataclass(slots=True)
@@ -36,6 +38,8 @@ class _Entry:
     fetched_at: float
     fingerprint: str
     stale: bool = False
+    # tools/list only: tool name -> its `Mcp-Param-*` header specs, built on first use (see `header_specs`)
+    header_specs: dict[str, list[ParamHeader]] | None = None
 
 
 @dataclass(slots=True)
@@ -184,6 +188,20 @@ class Catalog:
         ).hexdigest()[:12]
         self._merged[method] = _Merged(merged, time.monotonic(), names)
         return merged
+
+    def header_specs(self, server: str, tool: str) -> list[ParamHeader] | None:
+        """The `Mcp-Param-*` headers calls of `tool` carry, from a fresh cached tools/list; None when
+        the list is missing or stale (the caller fetches it). Unknown tools and tools whose
+        annotations are invalid have none. Computed once per listing, not per call."""
+        entry = self._entries.get((server, "tools/list"))
+        if entry is None or not self._fresh(entry):
+            return None
+        specs = entry.header_specs
+        if specs is None:
+            specs = entry.header_specs = {
+                str(t.get("name")): tool_param_headers(t) or [] for t in entry.items
+            }
+        return specs.get(tool, _NO_SPECS)
 
     def cached_owners(self, method: str) -> Mapping[str, tuple[str, str]] | None:
         cached = self._merged.get(method)

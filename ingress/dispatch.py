@@ -339,14 +339,14 @@ class Dispatcher:
 
     def _for_upstream(self, body: JsonObject, upstream: Upstream) -> JsonObject:
         """Strip the modern envelope for a legacy upstream; the modern connector adds its own."""
+        info = upstream.info
+        if info is not None and info.era == "modern":
+            return body
         params = body.get("params")
         if not isinstance(params, dict):
             return body
         meta = params.get("_meta")
         if not isinstance(meta, dict) or not any(k.startswith("io.modelcontextprotocol/") for k in meta):
-            return body
-        info = upstream.info
-        if info is not None and info.era == "modern":
             return body
         kept = {k: v for k, v in meta.items() if not k.startswith("io.modelcontextprotocol/")}
         new_params = {k: v for k, v in params.items() if k != "_meta"}

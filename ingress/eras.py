@@ -18,7 +18,7 @@ from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, UNSUPPOR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from ingress.jsonrpc import JsonObject, Message
-from ingress.upstreams.mcp_headers import tool_param_headers
+from ingress.upstreams.mcp_headers import ParamHeader, tool_param_headers
 
 Era = Literal["legacy", "modern"]
 
@@ -158,6 +158,11 @@ def check_param_headers(tool: JsonObject, arguments: object, headers: Mapping[st
     specs = tool_param_headers(tool)
     if not specs:
         return None
+    return check_param_specs(specs, arguments, headers)
+
+
+def check_param_specs(specs: list[ParamHeader], arguments: object, headers: Mapping[str, str]) -> Rejection | None:
+    """`check_param_headers` with the tool's header specs already extracted (see `tool_param_headers`)."""
     for header, path in specs:
         raw = headers.get(header)
         value: object = arguments

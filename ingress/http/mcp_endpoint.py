@@ -16,6 +16,7 @@ from aiohttp import web
 from mcp_types import INVALID_PARAMS, INVALID_REQUEST
 
 from ingress import eras
+from ingress.auth import Identity
 from ingress.dispatch import Reply
 from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway, Listener
@@ -27,6 +28,7 @@ from ingress.routing import Route
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
 from ingress.upstreams.base import CallContext
+from ingress.upstreams.mcp_headers import tool_param_headers
 from schemas.events import EventType, Outcome
 
 log = logging.getLogger("mcpgw.http")
@@ -35,6 +37,7 @@ SESSION_HEADER = "Mcp-Session-Id"
 RESUMABLE_VERSIONS = frozenset({"2025-11-25"})
 PRIMING_DELAY_S = 0.5  # a call still running after this gets its resumable stream opened
 KEEPALIVE_S = 15.0
+_LIST_OF = {"tools/call": "tools/list", "prompts/get": "prompts/list"}  # the catalog list that routes a call
 
 
 class McpEndpoint:
@@ -57,14 +60,16 @@ class McpEndpoint:
         gateway = self.gateway
         ctx = base_context(request, "streamable_http")
         admitted = await admit(gateway, request, ctx)
-        if isinstance(admitted, web.Response):
+        # Checks against the concrete types: isinstance(x, web.Response) goes through ABCMeta
+        # (web.StreamResponse is a MutableMapping), which costs a microsecond per call.
+        if not isinstance(admitted, Identity):
             return admitted
         target = self._target(request)
         if target is None:
             return await self._unknown_server(request, ctx)
         ctx.server = target
         data = await read_body(gateway, request, ctx)
-        if isinstance(data, web.Response):
+        if not isinstance(data, bytes):
             return data
         msg = parse_message(data)
         if isinstance(msg, Invalid):
@@ -134,7 +139,7 @@ class McpEndpoint:
     async def _request(self, request: web.Request, msg: Message, ctx: CallContext, target: str,
                        session: AgentSession | None, handshake: bool) -> web.StreamResponse:
         gateway = self.gateway
-        if ctx.era == "modern" and msg.method in MRTR_METHODS:
+        if ctx.era == "modern" and msg.method in MRTR_METHODS and self._may_hold(msg, target):
             return await self._request_mrtr(request, msg, ctx, target)
         headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
         # Like the SDK's servers, answer a 2025-11-25 session's requests on resumable SSE streams.
@@ -175,6 +180,28 @@ class McpEndpoint:
         task = asyncio.ensure_future(run())
         session.inflight[msg.id] = task
         return await asyncio.shield(task)
+
+    def _may_hold(self, msg: Message, target: str) -> bool:
+        """Whether a modern agent's call must run held: a retry with the gateway's `requestState`, or a
+        call routed to an upstream that may ask the agent mid-call (legacy era, or not known yet).
+
+        A modern upstream never asks mid-call (it answers `input_required` itself, which goes through
+        as is), so its calls skip the held task, its wake-ups and the params digest.
+        """
+        state = msg.params.get("requestState")
+        if isinstance(state, str) and state.startswith(STATE_PREFIX):
+            return True
+        server = target
+        if not server:
+            owners = self.gateway.catalog.cached_owners(_LIST_OF.get(msg.method, ""))
+            name = msg.params.get("name")
+            owner = owners.get(name) if owners is not None and isinstance(name, str) else None
+            if owner is None:
+                return True  # not routed from the cache (resources, unknown names): run held to be safe
+            server = owner[0]
+        upstream = self.gateway.upstreams.get(server)
+        info = upstream.info if upstream is not None else None
+        return info is None or info.era != "modern"
 
     async def _request_mrtr(self, request: web.Request, msg: Message, ctx: CallContext,
                             target: str) -> web.StreamResponse:
@@ -252,11 +279,14 @@ class McpEndpoint:
             if not isinstance(routed, Route):
                 return None  # dispatch answers the unknown tool
             server, tool_name = routed.server, routed.name
-        tools = await catalog.server_list(server, "tools/list") or []
-        tool = next((t for t in tools if t.get("name") == tool_name), None)
-        if tool is None:
+        specs = catalog.header_specs(server, tool_name)  # cached per listing: most tools have none
+        if specs is None:  # not listed yet, or the list is stale: fetch it, as the call itself would
+            tools = await catalog.server_list(server, "tools/list") or []
+            tool = next((t for t in tools if t.get("name") == tool_name), None)
+            specs = (tool_param_headers(tool) or []) if tool is not None else []
+        if not specs:
             return None
-        return eras.check_param_headers(tool, msg.params.get("arguments"), request.headers)
+        return eras.check_param_specs(specs, msg.params.get("arguments"), request.headers)
 
     def _passes_listen(self, target: str) -> bool:
         """A modern upstream on its own endpoint runs its own subscriptions: relay its stream as is."""

@@ -28,12 +28,99 @@ from ingress.upstreams.base import (
     UpstreamTap,
 )
 from ingress.upstreams.errors import UpstreamError, UpstreamUnavailable
+from ingress.upstreams.http1 import ConnectFailed, Http1Pool
 
 log = logging.getLogger("mcpgw.upstream")
 
 # Idle pooled connections are dropped before common server keep-alive timeouts (Node 5 s,
 # uvicorn 5 s): reusing a socket the server is closing fails a POST that was never processed.
 _KEEPALIVE_S = 4.0
+_NEVER = float("inf")
+
+
+class Deadlines:
+    """Deadlines for calls in flight on one event loop, all watched by a single timer.
+
+    `asyncio.timeout()` arms and cancels a TimerHandle per call (with uvloop ~4 of the ~7 µs it
+    costs per call). Calls mostly end long before their deadline, so one timer armed at the
+    earliest deadline serves them all: under steady load it fires about once per timeout period,
+    expires what is due and re-arms itself; a call that ends just removes itself.
+    """
+
+    __slots__ = ("_calls", "_loop", "_timer", "_when")
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._calls: dict[Deadline, None] = {}
+        self._timer: asyncio.TimerHandle | None = None
+        self._when = _NEVER
+
+    def within(self, seconds: float) -> Deadline:
+        """`with deadlines.within(s):` acts as `async with asyncio.timeout(s):` (see `Deadline`)."""
+        return Deadline(self, self._loop.time() + seconds)
+
+    def _add(self, deadline: Deadline) -> None:
+        self._calls[deadline] = None
+        if deadline.when < self._when:
+            self._arm(deadline.when)
+
+    def _discard(self, deadline: Deadline) -> None:
+        self._calls.pop(deadline, None)
+
+    def _arm(self, when: float) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        self._when = when
+        self._timer = self._loop.call_at(when, self._fire)
+
+    def _fire(self) -> None:
+        self._timer = None
+        self._when = _NEVER
+        now = self._loop.time() + 0.001  # the loop's clock has millisecond steps: do not re-arm for less
+        earliest = _NEVER
+        for deadline in list(self._calls):
+            if deadline.when <= now:
+                del self._calls[deadline]
+                deadline.expire()
+            elif deadline.when < earliest:
+                earliest = deadline.when
+        if earliest != _NEVER:
+            self._arm(earliest)
+
+
+class Deadline:
+    """`with deadline:` bounds the current task like `async with asyncio.timeout(...)`: when the time
+    runs out the task is cancelled and the block raises TimeoutError; a cancellation from elsewhere
+    passes through untouched (the same `cancelling()`/`uncancel()` bookkeeping). A plain `with`:
+    entering and leaving never wait.
+    """
+
+    __slots__ = ("_cancelling", "_task", "_watch", "expired", "when")
+
+    def __init__(self, watch: Deadlines, when: float) -> None:
+        self._watch = watch
+        self.when = when
+        self.expired = False
+
+    def __enter__(self) -> Deadline:
+        task = asyncio.current_task()
+        if task is None:
+            raise RuntimeError("a Deadline must be used inside a task")
+        self._task = task
+        self._cancelling = task.cancelling()
+        self._watch._add(self)
+        return self
+
+    def expire(self) -> None:
+        self.expired = True
+        self._task.cancel()
+
+    def __exit__(self, exc_type: type[BaseException] | None, exc: BaseException | None, _tb: object) -> None:
+        self._watch._discard(self)
+        # As asyncio.Timeout.__aexit__: the cancellation is ours to turn into TimeoutError only if
+        # nobody else asked for one meanwhile.
+        if self.expired and self._task.uncancel() <= self._cancelling and exc_type is asyncio.CancelledError:
+            raise TimeoutError from exc
 
 
 def describe(exc: BaseException) -> str:
@@ -45,6 +132,9 @@ def describe(exc: BaseException) -> str:
 
 class HttpUpstreamBase:
     transport = ""
+    # Connectors whose POST answers are read through `Http1Response`-compatible code set this:
+    # their POSTs go through the lean HTTP/1.1 pool, everything else through aiohttp.
+    lean_posts = False
     backoff_initial_s = 0.25
     backoff_max_s = 15.0
 
@@ -69,6 +159,8 @@ class HttpUpstreamBase:
         self._status = UpstreamStatus(UpstreamState.STOPPED)
         self._info: UpstreamInfo | None = None
         self._http: aiohttp.ClientSession | None = None
+        self._posts: Http1Pool | None = None
+        self._deadlines: Deadlines | None = None
         self._supervisor: asyncio.Task[None] | None = None
         self._ready = asyncio.Event()
         self._wake = asyncio.Event()
@@ -102,6 +194,10 @@ class HttpUpstreamBase:
                 headers=self.config.headers,  # the upstream's credentials: config only, never the agent's
                 trust_env=False,
             )
+        if self._deadlines is None:
+            self._deadlines = Deadlines(asyncio.get_running_loop())
+        if self.lean_posts and (self._posts is None or self._posts.closed):
+            self._posts = Http1Pool(self._url, self.config.headers, self.config.connect_timeout_s, _KEEPALIVE_S)
         self._supervisor = asyncio.create_task(self._supervise(), name=f"upstream-{self.name}")
 
     async def wait_ready(self, timeout: float) -> bool:
@@ -122,6 +218,10 @@ class HttpUpstreamBase:
         with contextlib.suppress(Exception):
             await self._disconnect(final=True)
         await self._cancel_tasks()
+        if self._posts is not None:
+            self._posts.close()
+            self._posts = None
+        self._deadlines = None  # its timer still serves the calls in flight
         if self._http is not None:
             await self._http.close()
             self._http = None
@@ -141,6 +241,13 @@ class HttpUpstreamBase:
         """Drop what `_connect`/`_on_ready` built (tasks in `_tasks` are cancelled separately)."""
 
     # -- shared machinery -------------------------------------------------------------------
+
+    def _deadline(self, seconds: float) -> Deadline:
+        """A per-call timeout: `with self._deadline(s):` (see `Deadlines`)."""
+        deadlines = self._deadlines
+        if deadlines is None:  # a call racing stop(): an ordinary timer for this one
+            deadlines = Deadlines(asyncio.get_running_loop())
+        return deadlines.within(seconds)
 
     async def _gate(self) -> int:
         """The generation to send under, or UpstreamUnavailable when the upstream is not ready."""
@@ -165,7 +272,7 @@ class HttpUpstreamBase:
         self._lost.set()
 
     def _transport_error(self, exc: Exception, generation: int) -> UpstreamUnavailable:
-        if isinstance(exc, aiohttp.ClientConnectorError):
+        if isinstance(exc, aiohttp.ClientConnectorError | ConnectFailed):
             # Nothing reached the server: safe to repeat, and the server is unreachable.
             detail = f"cannot connect to {self._url}: {exc.os_error or exc}"
             self._connection_lost(generation, detail)

@@ -23,6 +23,7 @@ from ingress.jsonrpc import error_body
 from ingress.sse_codec import SseError, iter_events
 from ingress.upstreams.base import CallContext, JsonObject
 from ingress.upstreams.errors import UpstreamProtocolError, UpstreamUnavailable
+from ingress.upstreams.http1 import Http1Response
 from ingress.upstreams.http_base import HttpUpstreamBase, describe
 
 log = logging.getLogger("mcpgw.upstream")
@@ -71,11 +72,24 @@ class _Cursor:
         self.retry_ms: int | None = None
 
 
+# An upstream's HTTP answer, from the lean POST pool or from aiohttp (GET streams, listen, fallback).
+Answer = Http1Response | aiohttp.ClientResponse
+
+
+async def _peek(resp: Answer, size: int) -> bytes:
+    """Up to `size` bytes of the body, without reading a long one whole."""
+    if resp.content is None:  # a buffered Http1Response: the body is already here
+        return (await resp.read())[:size]
+    return await resp.content.read(size)
+
+
 def _since(sent_ns: int) -> int:
     return (time.perf_counter_ns() - sent_ns) // 1000
 
 
 class HttpExchange(HttpUpstreamBase):
+    lean_posts = True
+
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._modern = False
@@ -90,8 +104,31 @@ class HttpExchange(HttpUpstreamBase):
     async def _exchange(
         self, out: JsonObject, wire: bytes, expect_id: Any, call: Call, headers: Mapping[str, str],
         generation: int,
-    ) -> tuple[JsonObject, bytes, aiohttp.ClientResponse]:
+    ) -> tuple[JsonObject, bytes, Answer]:
         """POST one request and return its final response (body, exact bytes, HTTP response)."""
+        posts = self._posts
+        if posts is None:
+            return await self._exchange_aiohttp(out, wire, expect_id, call, headers, generation)
+        await self._tap.sent(self.name, out, wire, call.ctx)
+        sent_ns = time.perf_counter_ns()
+        try:
+            resp = await posts.post(wire, headers)
+            try:
+                body, raw = await self._read_answer(resp, expect_id, call, sent_ns, headers, generation)
+            finally:
+                resp.close()  # a no-op once the answer is complete; else abandons it (modern: cancels)
+        except aiohttp.ClientError as exc:
+            if posts.closed:  # stop() closed the pool under this call
+                raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
+            raise self._transport_error(exc, generation) from exc
+        except SseError as exc:
+            raise UpstreamProtocolError(self.name, f"{call.method}: broken event stream: {exc}") from exc
+        return body, raw, resp
+
+    async def _exchange_aiohttp(
+        self, out: JsonObject, wire: bytes, expect_id: Any, call: Call, headers: Mapping[str, str],
+        generation: int,
+    ) -> tuple[JsonObject, bytes, Answer]:
         http = self._http
         if http is None:
             raise UpstreamUnavailable(self.name, "the upstream connector is stopped")
@@ -115,7 +152,7 @@ class HttpExchange(HttpUpstreamBase):
         return body, raw, resp
 
     async def _read_answer(
-        self, resp: aiohttp.ClientResponse, expect_id: Any, call: Call, sent_ns: int,
+        self, resp: Answer, expect_id: Any, call: Call, sent_ns: int,
         headers: Mapping[str, str], generation: int,
     ) -> tuple[JsonObject, bytes]:
         status = resp.status
@@ -138,7 +175,7 @@ class HttpExchange(HttpUpstreamBase):
                 # A rejection with a JSON-RPC error body is an answer (-32022, -32601, ...).
                 await self._tap.received(self.name, body, raw, call.ctx, _since(sent_ns))
                 return (body if body.get("id") == expect_id else {**body, "id": expect_id}), raw
-        text = raw or (await resp.content.read(300) if ctype.startswith("text/") else b"")
+        text = raw or (await _peek(resp, 300) if ctype.startswith("text/") else b"")
         detail = f"{call.method} was answered with HTTP {status} {resp.reason or ''}".rstrip()
         if 300 <= status < 400:
             detail += f" to {resp.headers.get('Location', '?')} (redirects are not followed)"
@@ -161,7 +198,7 @@ class HttpExchange(HttpUpstreamBase):
         return body, raw
 
     async def _read_stream(
-        self, resp: aiohttp.ClientResponse, expect_id: Any, call: Call, sent_ns: int, generation: int
+        self, resp: Answer, expect_id: Any, call: Call, sent_ns: int, generation: int
     ) -> tuple[JsonObject, bytes]:
         cursor = _Cursor()
         done = await self._drain(resp, expect_id, call, sent_ns, cursor)
@@ -189,10 +226,12 @@ class HttpExchange(HttpUpstreamBase):
         return done
 
     async def _drain(
-        self, resp: aiohttp.ClientResponse, expect_id: Any, call: Call, sent_ns: int, cursor: _Cursor
+        self, resp: Answer, expect_id: Any, call: Call, sent_ns: int, cursor: _Cursor
     ) -> tuple[JsonObject, bytes] | None:
+        content = resp.content
+        assert content is not None  # event streams are never buffered (see Http1Response)
         try:
-            async for event in iter_events(resp.content):
+            async for event in iter_events(content):
                 if event.id is not None:
                     cursor.last_id = event.id
                 if event.retry is not None:
@@ -275,24 +314,37 @@ class HttpExchange(HttpUpstreamBase):
     async def _post_message(self, body: JsonObject, ctx: CallContext, headers: Mapping[str, str],
                             generation: int) -> None:
         """POST a notification or a response; the server acknowledges with 202."""
-        http = self._http
-        if http is None:
+        posts, http = self._posts, self._http
+        if posts is None and http is None:
             raise UpstreamUnavailable(self.name, "the upstream connector is stopped")
         wire = orjson.dumps(body)
         await self._tap.sent(self.name, body, wire, ctx)
         try:
-            async with http.post(self._url, data=wire, headers=headers, allow_redirects=False) as resp:
-                if resp.status >= 300:
-                    text = await resp.content.read(300)
-                    what = body.get("method", "a response")
-                    raise UpstreamProtocolError(self.name, f"{what} was refused with HTTP {resp.status}: "
-                                                f"{text.decode('utf-8', 'replace')}")
+            if posts is not None:
+                resp = await posts.post(wire, headers)
+                try:
+                    await self._check_accepted(resp, body)
+                finally:
+                    resp.close()
+            else:
+                assert http is not None
+                async with http.post(self._url, data=wire, headers=headers, allow_redirects=False) as aresp:
+                    await self._check_accepted(aresp, body)
         except aiohttp.ClientError as exc:
+            if posts is not None and posts.closed:
+                raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
             raise self._transport_error(exc, generation) from exc
         except RuntimeError as exc:
-            if http.closed:
+            if http is not None and http.closed:
                 raise UpstreamUnavailable(self.name, "the connector stopped", retryable=False) from exc
             raise
+
+    async def _check_accepted(self, resp: Answer, body: JsonObject) -> None:
+        if resp.status >= 300:
+            text = await _peek(resp, 300)
+            what = body.get("method", "a response")
+            raise UpstreamProtocolError(self.name, f"{what} was refused with HTTP {resp.status}: "
+                                        f"{text.decode('utf-8', 'replace')}")
 
     def _cancel_later(self, uid: int, reason: str, ctx: CallContext) -> None:
         # In the background: neither the timeout nor the cancellation should wait for the POST.
@@ -346,7 +398,7 @@ class HttpExchange(HttpUpstreamBase):
         except Exception:
             log.exception("upstream %s: the unsolicited-message handler failed", self.name)
 
-    async def _record_body(self, resp: aiohttp.ClientResponse, ctx: CallContext) -> None:
+    async def _record_body(self, resp: Answer, ctx: CallContext) -> None:
         """Record a JSON-RPC error body a background request was refused with."""
         if resp.content_type != "application/json":
             return

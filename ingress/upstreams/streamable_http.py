@@ -143,7 +143,7 @@ class StreamableHttpUpstream(HttpHandshake):
                     out["params"] = {**params, "_meta": fresh}
         self._calls[uid] = call
         try:
-            async with asyncio.timeout(limit_s):
+            with self._deadline(limit_s):
                 response = await self._legacy_send(out, uid, call, generation)
         except TimeoutError:
             self._cancel_later(uid, f"no answer within {limit_s:g}s", ctx)
@@ -205,7 +205,7 @@ class StreamableHttpUpstream(HttpHandshake):
                     headers = {**headers, **dict(extra)}
         call = Call(ctx, method, body.get("id"))
         try:
-            async with asyncio.timeout(limit_s):
+            with self._deadline(limit_s):
                 wire = orjson.dumps(out)
                 response = (await self._exchange(out, wire, call.original_id, call, headers, generation))[0]
         except TimeoutError:
