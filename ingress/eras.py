@@ -18,7 +18,7 @@ from mcp_types import HEADER_MISMATCH, INVALID_PARAMS, INVALID_REQUEST, UNSUPPOR
 from mcp_types.version import HANDSHAKE_PROTOCOL_VERSIONS, MODERN_PROTOCOL_VERSIONS
 
 from ingress.jsonrpc import JsonObject, Message
-from ingress.upstreams.mcp_headers import ParamHeader, tool_param_headers
+from ingress.upstreams.mcp_headers import ParamHeader, encode_value, tool_param_headers
 
 Era = Literal["legacy", "modern"]
 
@@ -77,11 +77,8 @@ def decode_header_value(value: str) -> str | None:
     return value
 
 
-def encode_header_value(value: str) -> str:
-    safe = value.isascii() and value == value.strip() and all(
-        " " <= ch <= "~" or ch == "\t" for ch in value
-    ) and not (value.startswith("=?base64?") and value.endswith("?="))
-    return value if safe else "=?base64?" + base64.b64encode(value.encode()).decode() + "?="
+# The sentinel encoding is the client side's job too; one implementation serves both directions.
+encode_header_value = encode_value
 
 
 def unsupported_version(requested: object) -> Rejection:

@@ -18,8 +18,8 @@ from consumers.store.base import StoreError
 from eventlog.base import LogUnavailable
 from eventlog.embedded.log import EmbeddedLog
 from mcpgw.audit_runtime import caught_up, start_audit_consumer
-from mcpgw.config import GatewayConfig
-from mcpgw.sinks import _embedded
+from mcpgw.config import EmbeddedLogConfig, GatewayConfig
+from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
 
 log = logging.getLogger("mcpgw")
@@ -88,9 +88,7 @@ async def _local_log(config: GatewayConfig, stack: AsyncExitStack) -> EmbeddedLo
     if config.event_log is not None and config.event_log.kafka is not None:
         return None
     embedded = config.event_log.embedded if config.event_log is not None and config.event_log.embedded else None
-    from mcpgw.config import EmbeddedLogConfig
-
-    local = _embedded(Path(config.data_dir) / "log", embedded or EmbeddedLogConfig())
+    local = embedded_log(Path(config.data_dir) / "log", embedded or EmbeddedLogConfig())
     await local.open()
     stack.push_async_callback(local.close)
     return local

@@ -27,7 +27,7 @@ from schemas.codec import EventCodec, event_hash
 log = logging.getLogger("mcpgw")
 
 
-def _embedded(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
+def embedded_log(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
     return EmbeddedLog(root, partitions=config.partitions, segment_bytes=config.segment_bytes,
                        retention=Retention(config.retention.max_bytes, config.retention.max_age_s))
 
@@ -52,7 +52,7 @@ async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitS
     producer: Producer
     local: EmbeddedLog | None = None
     if event_log is not None and event_log.kafka is not None:
-        spool = _embedded(data_dir / "spool", event_log.spool)
+        spool = embedded_log(data_dir / "spool", event_log.spool)
         await spool.open()
         stack.push_async_callback(spool.close)
         producer = SpoolingProducer(KafkaProducer(event_log.kafka), spool.producer(),
@@ -60,7 +60,7 @@ async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitS
         where = f"Kafka at {event_log.kafka.bootstrap_servers} (spool: {data_dir / 'spool'})"
     else:
         embedded = event_log.embedded if event_log is not None and event_log.embedded else EmbeddedLogConfig()
-        local = _embedded(data_dir / "log", embedded)
+        local = embedded_log(data_dir / "log", embedded)
         await local.open()
         stack.push_async_callback(local.close)
         producer = local.producer()
