@@ -47,8 +47,23 @@ class ApiKeyAuth(Strict):
     api_keys: list[ApiKey] = Field(min_length=1)
 
 
+class GrafanaWebhookConfig(Strict):
+    """Grafana unified-alerting webhook contact point posting to /admin/alerts/grafana.
+
+    The contact point's HMAC signature settings must match: the shared secret, and the headers
+    Grafana puts the signature and its timestamp in.
+    """
+
+    secret: Annotated[str, Field(min_length=16)]  # put it in the environment: `secret: ${MCPGW_GRAFANA_SECRET}`
+    signature_header: str = "X-Grafana-Alerting-Signature"
+    timestamp_header: str = "X-Grafana-Alerting-Signature-Timestamp"
+    max_age_s: float = Field(300.0, gt=0)  # older (or further in the future) signatures are refused
+    default_ttl_s: float = Field(3600.0, gt=0)  # block TTL when the alert carries no ttl label
+
+
 class AdminConfig(Strict):
     token_sha256: Annotated[str, Field(pattern=r"^[0-9a-f]{64}$")]
+    grafana: GrafanaWebhookConfig | None = None
 
 
 class RestartConfig(Strict):
