@@ -35,7 +35,7 @@ from eventlog.base import LogUnavailable, Record, TopicPartition
 from eventlog.kafka_admin import describe_error, ensure_topics, unavailable
 from eventlog.kafka_settings import KafkaSettings
 
-__all__ = ["KafkaConsumer", "KafkaProducer", "KafkaSettings", "RevokeCallback"]
+__all__ = ["KafkaConsumer", "KafkaProducer", "KafkaSettings", "KafkaTopicReader", "RevokeCallback"]
 
 log = logging.getLogger("mcpgw.eventlog.kafka")
 
@@ -319,6 +319,103 @@ class KafkaConsumer:
             self._rewind_on_assign = False
             await self._consumer.seek_to_beginning(*partitions)
         self._joined.set()
+
+
+class KafkaTopicReader:
+    """Reads every partition of `topics` from the beginning, outside any consumer group.
+
+    For projections every process must hold whole (the ingress blocklist over `mcp.decisions`):
+    partitions are assigned by hand, positions live in memory only, nothing is committed, so each
+    reader sees every record and a restarted one reads them all again. `fetch_max_wait_ms` is
+    short so a record reaches readers well within a second of being appended.
+    """
+
+    def __init__(self, settings: KafkaSettings, topics: Sequence[str], *, fetch_max_wait_ms: int = 50) -> None:
+        self._settings = settings
+        self._topics = list(dict.fromkeys(topics))
+        self._fetch_max_wait_ms = fetch_max_wait_ms
+        self._consumer: Any = None
+        self._partitions: list[Any] = []
+
+    async def start(self) -> None:
+        if self._consumer is not None:
+            return
+        settings = self._settings
+        if settings.create_topics:
+            await ensure_topics(settings, self._topics)
+        consumer = AIOKafkaConsumer(
+            **settings.client_kwargs(),
+            group_id=None,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            isolation_level="read_committed",
+            fetch_max_wait_ms=self._fetch_max_wait_ms,
+            max_partition_fetch_bytes=settings.consumer.max_partition_fetch_bytes,
+        )
+        try:
+            await consumer.start()
+            await consumer.topics()  # loads the cluster's metadata, so the partition counts are known
+            partitions: list[Any] = []
+            for topic in self._topics:
+                numbers = consumer.partitions_for_topic(topic)
+                if not numbers:
+                    raise LogUnavailable(f"kafka: topic {topic!r} does not exist (or has no partitions)")
+                partitions.extend(KafkaTopicPartition(topic, n) for n in sorted(numbers))
+            consumer.assign(partitions)
+            await consumer.seek_to_beginning(*partitions)
+        except _CLIENT_ERRORS as exc:
+            await consumer.stop()
+            raise unavailable(f"reader of {self._topics} failed to start", exc) from exc
+        except LogUnavailable:
+            await consumer.stop()
+            raise
+        self._consumer = consumer
+        self._partitions = partitions
+
+    async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
+        consumer = self._started()
+        try:
+            batches = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
+        except _CLIENT_ERRORS as exc:
+            raise unavailable(f"poll of {self._topics} failed", exc) from exc
+        return [
+            Record(r.topic, r.partition, r.offset, r.key, r.value if r.value is not None else b"", r.timestamp)
+            for records in batches.values()
+            for r in records
+        ]
+
+    async def end_offsets(self) -> dict[TopicPartition, int]:
+        consumer = self._started()
+        try:
+            ends = await consumer.end_offsets(self._partitions)
+        except _CLIENT_ERRORS as exc:
+            raise unavailable(f"reading the end offsets of {self._topics} failed", exc) from exc
+        return {TopicPartition(tp.topic, tp.partition): int(offset) for tp, offset in ends.items()}
+
+    async def position(self, partition: TopicPartition) -> int:
+        consumer = self._started()
+        try:
+            return int(await consumer.position(KafkaTopicPartition(partition.topic, partition.partition)))
+        except _CLIENT_ERRORS as exc:
+            raise unavailable(f"reading the position in {partition} failed", exc) from exc
+
+    async def seek_to_beginning(self) -> None:
+        await self._started().seek_to_beginning(*self._partitions)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(tp.topic, tp.partition) for tp in self._partitions} if self._consumer else set()
+
+    async def close(self) -> None:
+        consumer, self._consumer = self._consumer, None
+        if consumer is not None:
+            await consumer.stop()
+
+    def _started(self) -> Any:
+        if self._consumer is None:
+            error = LogUnavailable(f"kafka: reader of {self._topics} is not started or is closed")
+            error.retryable = False
+            raise error
+        return self._consumer
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]

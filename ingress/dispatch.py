@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
@@ -20,15 +21,18 @@ from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
 
 from ingress import errors
 from ingress.aggregate import LIST_METHODS, InvalidCursor, page
+from ingress.blocklist import Blocklist, refusal
 from ingress.catalog import Catalog
 from ingress.config import LimitsConfig
 from ingress.eras import ALL_VERSIONS, META_SERVER_INFO, negotiate_legacy
 from ingress.jsonrpc import JsonObject, Message, error_body, result_body
+from ingress.recorder import Recorder
 from ingress.routing import NotRouted
 from ingress.sessions import AgentSession
 from ingress.subscriptions import ResourceSubscriptions
 from ingress.upstreams.base import GATEWAY_CLIENT_INFO, CallContext, Upstream, UpstreamInfo
 from ingress.upstreams.errors import UpstreamError, UpstreamTimeout
+from schemas.decisions import Decision
 from schemas.events import Outcome
 
 log = logging.getLogger("mcpgw.dispatch")
@@ -52,6 +56,10 @@ LISTEN_TIMEOUT_S = 7 * 24 * 3600.0  # a listen stream lasts until either side cl
 _MODERN_ONLY_RESULT_KEYS = ("resultType", "ttlMs", "cacheScope")
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 def _needs_input(response: JsonObject) -> bool:
     result = response.get("result")
     return isinstance(result, dict) and result.get("resultType") == "input_required"
@@ -69,6 +77,11 @@ def _error(ctx_id: Any, code: int, message: str, outcome: Outcome, status: int =
     return Reply(error_body(ctx_id, code, message, data), outcome, status)
 
 
+def _blocked(msg_id: Any, decision: Decision) -> Reply:
+    message, data = refusal(decision)
+    return _error(msg_id, errors.BLOCKED, message, Outcome.BLOCKED, data=data)
+
+
 class Dispatcher:
     def __init__(
         self,
@@ -76,8 +89,15 @@ class Dispatcher:
         catalog: Catalog,
         limits: LimitsConfig,
         subscriptions: ResourceSubscriptions,
+        *,
+        blocklist: Blocklist | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], int] = _now_us,
     ) -> None:
         self._upstreams = upstreams
+        self.blocklist = blocklist if blocklist is not None else Blocklist(catalog.naming)
+        self.recorder = recorder  # records refusals of notifications, which get no answer to carry them
+        self.clock = clock
         self.subscriptions = subscriptions
         self.catalog = catalog
         self.limits = limits
@@ -102,6 +122,10 @@ class Dispatcher:
 
     async def request(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> Reply:
         ctx.method = msg.method
+        if self.blocklist.size:
+            decision = self.blocklist.match_caller(ctx.principal, ctx.tenant, ctx.session_id, self.clock())
+            if decision is not None:
+                return _blocked(msg.id, decision)
         if ctx.era == "modern" and msg.method in REMOVED_IN_MODERN:
             return self._unknown_method(msg, ctx)
         if target:
@@ -127,6 +151,14 @@ class Dispatcher:
 
     async def notification(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> None:
         ctx.method = msg.method
+        # A cancellation only stops work, so it passes even when the caller is blocked.
+        if self.blocklist.size and msg.method != "notifications/cancelled":
+            decision = self.blocklist.match_caller(ctx.principal, ctx.tenant, ctx.session_id, self.clock())
+            if decision is not None:
+                if self.recorder is not None:
+                    message, _ = refusal(decision)
+                    await self.recorder.refused(ctx, msg.body, b"", errors.BLOCKED, message, Outcome.BLOCKED)
+                return
         if msg.method == "notifications/initialized":
             if session is not None:
                 session.initialized = True
@@ -274,6 +306,10 @@ class Dispatcher:
                             uri: str) -> Reply:
         """Agents share upstream sessions, so subscriptions are counted here, not forwarded one by one."""
         ctx.server = server
+        if self.blocklist.size and msg.method == "resources/subscribe":
+            decision = self.blocklist.match_target(ctx.tenant, "", server, self.clock())
+            if decision is not None:
+                return _blocked(msg.id, decision)
         if session is None:
             return self._unknown_method(msg, ctx)
         if msg.method == "resources/unsubscribe":
@@ -356,8 +392,12 @@ class Dispatcher:
 
     async def _forward(self, server: str, body: JsonObject, ctx: CallContext) -> Reply:
         ctx.server = server
-        upstream = self._upstreams().get(server)
         request_id = body.get("id")
+        if self.blocklist.size:
+            decision = self.blocklist.match_target(ctx.tenant, ctx.tool, server, self.clock())
+            if decision is not None:
+                return _blocked(request_id, decision)
+        upstream = self._upstreams().get(server)
         if upstream is None:
             return _error(request_id, INVALID_PARAMS, f"unknown server {server!r}", Outcome.REFUSED)
         try:

@@ -16,9 +16,12 @@ from typing import Any
 
 import orjson
 
+from ingress.audit_query import AuditQuery
 from ingress.auth import Authenticator
+from ingress.blocklist import Blocklist
 from ingress.catalog import Catalog
 from ingress.config import HttpServerConfig, IngressConfig, StdioServerConfig
+from ingress.decision_feed import DecisionFeed, DecisionLog
 from ingress.dispatch import Dispatcher
 from ingress.eras import META_SUBSCRIPTION_ID
 from ingress.mrtr import HeldCalls
@@ -77,7 +80,11 @@ def level_allows(threshold: str | None, level: object) -> bool:
 
 
 class Gateway:
-    def __init__(self, config: IngressConfig, sink: EventSink, instance: str | None = None) -> None:
+    """`decision_log`: where decisions are published and read back (None: applied in memory only).
+    `audit_query`: the audit store's read path, for the admin API (None: this process has no store)."""
+
+    def __init__(self, config: IngressConfig, sink: EventSink, instance: str | None = None, *,
+                 decision_log: DecisionLog | None = None, audit_query: AuditQuery | None = None) -> None:
         self.config = config
         redaction = config.audit.redaction
         policy = PayloadPolicy(redaction.max_payload_bytes, min(redaction.prefix_bytes, redaction.max_payload_bytes),
@@ -92,7 +99,11 @@ class Gateway:
         self.held_calls = HeldCalls(ttl_s=config.limits.request_timeout_s)
         self.resource_subscriptions = ResourceSubscriptions(lambda: self.upstreams, self._unsolicited,
                                                             config.limits.request_timeout_s)
-        self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits, self.resource_subscriptions)
+        self.blocklist = Blocklist(naming)
+        self.decisions = DecisionFeed(self.blocklist, self.recorder, decision_log)
+        self.audit_query = audit_query
+        self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits, self.resource_subscriptions,
+                                     blocklist=self.blocklist, recorder=self.recorder)
         self._janitor: asyncio.Task[None] | None = None
         for name, server in config.servers.items():
             self.upstreams[name] = self._connector(name, server)
@@ -119,6 +130,8 @@ class Gateway:
             log.warning("AUTH IS OFF (auth: none): every local process can call every upstream as "
                         "'anonymous'. Configure auth.api_keys before exposing this gateway.")
         await self.recorder.lifecycle(EventType.SESSION_OPENED, system_context(), detail="gateway started")
+        # Before any agent is served: a restarted replica enforces the blocks decided before it.
+        await self.decisions.start()
         await asyncio.gather(*(u.start() for u in self.upstreams.values()))
         if wait_s > 0:
             await asyncio.gather(*(u.wait_ready(wait_s) for u in self.upstreams.values()))
@@ -134,6 +147,7 @@ class Gateway:
         for listener in list(self.listeners):
             listener.outbox.put_nowait(None)
         self.held_calls.close()
+        await self.decisions.stop()
         await self.resource_subscriptions.close()
         await asyncio.gather(*(u.stop() for u in self.upstreams.values()), return_exceptions=True)
         await self.recorder.lifecycle(EventType.SESSION_CLOSED, system_context(), detail="gateway stopped")

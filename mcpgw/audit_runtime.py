@@ -14,6 +14,7 @@ from contextlib import AsyncExitStack
 
 from consumers.audit import AuditConsumer
 from consumers.pipeline.runner import Rebalance
+from consumers.store.base import AuditStore
 from eventlog.base import TOPIC_EVENTS, Consumer, Producer, TopicPartition
 from eventlog.embedded.log import EmbeddedLog
 from eventlog.kafka import KafkaConsumer, KafkaProducer
@@ -28,8 +29,9 @@ CATCH_UP_ON_STOP_S = 10.0
 
 class RunningConsumer:
     def __init__(self, audit: AuditConsumer, consumer: Consumer, stop: asyncio.Event,
-                 task: asyncio.Task[None], local_log: EmbeddedLog | None = None) -> None:
+                 task: asyncio.Task[None], local_log: EmbeddedLog | None = None, *, store: AuditStore) -> None:
         self.audit = audit
+        self.store = store  # open while the consumer runs; the admin API's queries read it too
         self.consumer = consumer
         self.stop = stop
         self.task = task
@@ -73,7 +75,7 @@ async def start_audit_consumer(config: GatewayConfig, local_log: EmbeddedLog | N
     stop = asyncio.Event()
     task = asyncio.create_task(audit.run(stop), name=f"audit-consumer-{group}")
     task.add_done_callback(_report)
-    running = RunningConsumer(audit, consumer, stop, task, local_log if kafka is None else None)
+    running = RunningConsumer(audit, consumer, stop, task, local_log if kafka is None else None, store=store)
     stack.push_async_callback(running.close)
     log.info("audit consumer (group %s) writing to %s", group, type(store).__name__)
     return running

@@ -18,6 +18,7 @@ from ingress.gateway import Gateway
 from ingress.http.app import build_app
 from mcpgw.audit_runtime import start_audit_consumer
 from mcpgw.config import GatewayConfig
+from mcpgw.decisions_runtime import open_gateway_ports
 from mcpgw.sinks import open_event_log
 
 log = logging.getLogger("mcpgw")
@@ -29,10 +30,13 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         opened = await open_event_log(config, instance, stack)
         durable = opened.local_log is not None or (config.event_log is not None and config.event_log.kafka)
+        audit = None
         if consumers and durable:
             # Stopped after the ingress (the stack unwinds in reverse), so the last events get stored.
-            await start_audit_consumer(config, opened.local_log, stack)
-        gateway = Gateway(config, opened.sink, instance)
+            audit = await start_audit_consumer(config, opened.local_log, stack)
+        ports = await open_gateway_ports(config, opened.local_log, audit, stack)
+        gateway = Gateway(config, opened.sink, instance, decision_log=ports.decision_log,
+                          audit_query=ports.audit_query)
         app = build_app(gateway)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()

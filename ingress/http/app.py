@@ -1,4 +1,4 @@
-"""The aiohttp application: MCP endpoints, legacy SSE, health, readiness, metrics, metadata."""
+"""The aiohttp application: MCP endpoints, legacy SSE, health, readiness, metrics, metadata, admin API."""
 
 from __future__ import annotations
 
@@ -8,6 +8,7 @@ import orjson
 from aiohttp import web
 
 from ingress.gateway import Gateway
+from ingress.http.admin import AdminApi
 from ingress.http.legacy_sse import LegacySseEndpoint
 from ingress.http.mcp_endpoint import McpEndpoint
 
@@ -52,6 +53,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/oauth-protected-resource", protected_resource)
     app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}", protected_resource)
+    AdminApi(gateway).register(app.router)
 
     async def on_startup(_app: web.Application) -> None:
         await gateway.start()
