@@ -123,7 +123,7 @@ class Dispatcher:
     async def request(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> Reply:
         ctx.method = msg.method
         if self.blocklist.size:
-            decision = self.blocklist.match_caller(ctx.principal, ctx.tenant, ctx.session_id, self.clock())
+            decision = self.caller_blocked(ctx)
             if decision is not None:
                 return _blocked(msg.id, decision)
         if ctx.era == "modern" and msg.method in REMOVED_IN_MODERN:
@@ -145,6 +145,12 @@ class Dispatcher:
                     result.pop(key, None)
         return reply
 
+    def caller_blocked(self, ctx: CallContext) -> Decision | None:
+        """The block on this caller (principal, session or tenant), for paths that do not come through `request`."""
+        if not self.blocklist.size:
+            return None
+        return self.blocklist.match_caller(ctx.principal, ctx.tenant, ctx.session_id, self.clock())
+
     def _unknown_method(self, msg: Message, ctx: CallContext) -> Reply:
         return _error(msg.id, METHOD_NOT_FOUND, f"Method not found: {msg.method}", Outcome.REFUSED,
                       data=msg.method)
@@ -153,7 +159,7 @@ class Dispatcher:
         ctx.method = msg.method
         # A cancellation only stops work, so it passes even when the caller is blocked.
         if self.blocklist.size and msg.method != "notifications/cancelled":
-            decision = self.blocklist.match_caller(ctx.principal, ctx.tenant, ctx.session_id, self.clock())
+            decision = self.caller_blocked(ctx)
             if decision is not None:
                 if self.recorder is not None:
                     message, _ = refusal(decision)

@@ -129,7 +129,8 @@ class McpEndpoint:
                 await gateway.dispatcher.notification(msg, ctx, target, session)
                 await gateway.recorder.flush(ctx)
                 return web.Response(status=202)
-            if msg.method == "subscriptions/listen" and detected.era == "modern" and not self._passes_listen(target):
+            if msg.method == "subscriptions/listen" and detected.era == "modern" and not self._passes_listen(target) \
+                    and gateway.dispatcher.caller_blocked(ctx) is None:  # a blocked caller gets its refusal below
                 return await self._listen(request, msg, ctx, target)
             return await self._request(request, msg, ctx, target, session, detected.handshake)
         except SinkUnavailable as exc:

@@ -110,6 +110,9 @@ async def test_an_operator_block_refuses_that_principal_and_names_the_decision(
     assert_blocked_by(refused, decision)
     assert refused.error["message"].endswith("exfiltration suspected; indefinitely)")
     assert_ok(await modern_call(http, gw.url, TOOL, ARGS, extra=BOB))  # another principal keeps working
+    listen = await modern(http, gw.url, "subscriptions/listen", {"notifications": {"toolsListChanged": True}},
+                          extra=ALICE)
+    assert_blocked_by(listen, decision)  # no change stream for a blocked principal either
 
     events = since(gw, mark)
     admin_in = [e for e in events if e.event_type is EventType.AGENT_MESSAGE_RECEIVED and e.method == "admin/decisions"]
