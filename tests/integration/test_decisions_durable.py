@@ -14,7 +14,6 @@ import time
 import uuid
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +36,7 @@ from tests.integration.rawmcp import bound_module_tests, modern_call
 from tests.support.admin import ADMIN_TOKEN, active, admin, assert_blocked_by, assert_ok, bearer, decide, sha256
 from tests.support.durable import (
     MAX_BODY,
+    DurableGateway,
     GatewayProcess,
     WitnessUpstream,
     gateway_config,
@@ -53,6 +53,10 @@ ALICE, BOB = bearer(ALICE_KEY), bearer(BOB_KEY)
 ECHO = "fast__echo"
 
 
+def base(gw: DurableGateway) -> str:
+    return f"http://127.0.0.1:{gw.port}"
+
+
 def with_keys(config: dict[str, Any]) -> dict[str, Any]:
     config["auth"] = {"api_keys": [
         {"key_sha256": sha256(ALICE_KEY), "principal": "alice", "tenant": "acme"},
@@ -62,22 +66,8 @@ def with_keys(config: dict[str, Any]) -> dict[str, Any]:
     return config
 
 
-@dataclass
-class Served:
-    gateway: Gateway
-    port: int
-
-    @property
-    def base(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"{self.base}/mcp"
-
-
 @contextlib.asynccontextmanager
-async def serving(config: dict[str, Any]) -> AsyncIterator[Served]:
+async def serving(config: dict[str, Any]) -> AsyncIterator[DurableGateway]:
     """A gateway wired as `serve()` wires it (without the audit consumer), in this event loop."""
     parsed = parse_config({**config, "listen": {"host": "127.0.0.1", "port": free_port()}})
     instance = f"test-{uuid.uuid4().hex[:8]}"
@@ -92,10 +82,10 @@ async def serving(config: dict[str, Any]) -> AsyncIterator[Served]:
         await web.TCPSite(runner, "127.0.0.1", parsed.listen.port).start()
         for upstream in gateway.upstreams.values():
             assert await upstream.wait_ready(30), gateway.readiness()
-        yield Served(gateway, parsed.listen.port)
+        yield DurableGateway(gateway, opened.sink, parsed, instance)
 
 
-async def call(http: aiohttp.ClientSession, served: Served | GatewayProcess, who: dict[str, str],
+async def call(http: aiohttp.ClientSession, served: DurableGateway | GatewayProcess, who: dict[str, str],
                tag: str = "t") -> Any:
     return await modern_call(http, served.url, ECHO, {"tag": tag}, extra=who)
 
@@ -104,11 +94,11 @@ async def test_decisions_are_recorded_in_their_topic_and_a_restarted_gateway_enf
     async with WitnessUpstream() as upstream, aiohttp.ClientSession() as http:
         config = with_keys(gateway_config(tmp_path, upstream.url))
         async with serving(config) as first:
-            alice = await decide(http, first.base, scope="principal", subject="alice", reason="stolen key")
-            brief = await decide(http, first.base, scope="principal", subject="bob", ttl_s=0.3, reason="brief")
-            tool = await decide(http, first.base, scope="tool", subject=ECHO, tenant="globex", reason="not acme")
+            alice = await decide(http, base(first), scope="principal", subject="alice", reason="stolen key")
+            brief = await decide(http, base(first), scope="principal", subject="bob", ttl_s=0.3, reason="brief")
+            tool = await decide(http, base(first), scope="tool", subject=ECHO, tenant="globex", reason="not acme")
             assert_blocked_by(await call(http, first, ALICE), alice)
-            listed = {d["decision_id"] for d in await active(http, first.base)}
+            listed = {d["decision_id"] for d in await active(http, base(first))}
             assert {alice["decision_id"], tool["decision_id"]} <= listed
 
         remaining_us = brief["expires_at"] - time.time_ns() // 1000
@@ -128,14 +118,14 @@ async def test_decisions_are_recorded_in_their_topic_and_a_restarted_gateway_enf
             # The very first call after the restart is refused: the rebuild ran before serving.
             assert_blocked_by(await call(http, second, ALICE), alice)
             assert_ok(await call(http, second, BOB))  # bob's block expired meanwhile
-            assert {d["decision_id"] for d in await active(http, second.base)} == {alice["decision_id"],
+            assert {d["decision_id"] for d in await active(http, base(second))} == {alice["decision_id"],
                                                                                    tool["decision_id"]}
-            await decide(http, second.base, action="unblock", scope="principal", subject="alice")
+            await decide(http, base(second), action="unblock", scope="principal", subject="alice")
             assert_ok(await call(http, second, ALICE))
 
         async with serving(config) as third:
             assert_ok(await call(http, third, ALICE))  # the unblock is folded too
-            assert [d["decision_id"] for d in await active(http, third.base)] == [tool["decision_id"]]
+            assert [d["decision_id"] for d in await active(http, base(third))] == [tool["decision_id"]]
 
     events = [s.event for s in await read_embedded_events(tmp_path / "log")]
     rebuilds = [e for e in events if e.event_type is EventType.DECISION_APPLIED and e.method == "decisions/rebuild"]
@@ -166,7 +156,7 @@ async def _kafka_replicas(broker: TansuBroker, tmp_path: Path) -> None:
 
         async with serving(replica("a")) as a, serving(replica("b")) as b:
             assert_ok(await call(http, b, ALICE))
-            decision = await decide(http, a.base, scope="principal", subject="alice", reason="seen on A")
+            decision = await decide(http, base(a), scope="principal", subject="alice", reason="seen on A")
             assert_blocked_by(await call(http, a, ALICE), decision)  # in force on A when A answered
 
             async def refused_on_b() -> bool:
@@ -177,7 +167,7 @@ async def _kafka_replicas(broker: TansuBroker, tmp_path: Path) -> None:
             assert_ok(await call(http, b, BOB))
         async with serving(replica("b")) as restarted:
             assert_blocked_by(await call(http, restarted, ALICE), decision)
-            await decide(http, restarted.base, action="unblock", scope="principal", subject="alice")
+            await decide(http, base(restarted), action="unblock", scope="principal", subject="alice")
             assert_ok(await call(http, restarted, ALICE))
 
 
