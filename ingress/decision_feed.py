@@ -202,9 +202,14 @@ class DecisionFeed:
                 await asyncio.sleep(RETRY_S)
                 continue
             for record in records:
-                decision = await self._decode(record)
-                if decision is not None:
-                    await self._apply(decision)
+                try:
+                    decision = await self._decode(record)
+                    if decision is not None:
+                        await self._apply(decision)
+                except Exception:
+                    # The feed must outlive any one record: a replica that stops following enforces stale blocks.
+                    log.exception("applying the decision at %s[%d]@%d failed", record.topic, record.partition,
+                                  record.offset)
             for expired in self.blocklist.purge(self.clock()):
                 log.info("decision %s expired: %s is no longer blocked", expired.decision_id, describe(expired))
 

@@ -143,6 +143,25 @@ async def test_decisions_are_recorded_in_their_topic_and_a_restarted_gateway_enf
     assert len(blocked) == 2 and all(e.principal == "alice" and e.error_code == -32012 for e in blocked)
 
 
+async def test_an_undecodable_decision_is_skipped_with_an_error_and_the_feed_goes_on(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path / "log") as log:  # written before the gateway starts: a foreign producer
+        await log.producer().append(TOPIC_DECISIONS, b"principal:alice", b"not an avro decision")
+    async with WitnessUpstream() as upstream, aiohttp.ClientSession() as http, \
+            serving(with_keys(gateway_config(tmp_path, upstream.url))) as served:
+        assert_ok(await call(http, served, ALICE))
+        decision_log = served.gateway.decisions.log
+        assert decision_log is not None
+        await decision_log.producer.append(TOPIC_DECISIONS, b"principal:bob", b"\xc3\x01garbage")
+        decision = await decide(http, base(served), scope="principal", subject="bob")
+        assert_blocked_by(await call(http, served, BOB), decision)  # applied after the bad record
+    events = [s.event for s in await read_embedded_events(tmp_path / "log")]
+    [rebuild] = [e for e in events if e.method == "decisions/rebuild"]
+    assert rebuild.outcome is Outcome.ERROR and "0 decision(s) read, 1 undecodable skipped" in rebuild.detail
+    skipped = [e for e in events if e.event_type is EventType.DECISION_APPLIED and "skipped an undecodable" in e.detail]
+    assert len(skipped) == 2 and all(e.outcome is Outcome.ERROR for e in skipped)
+    assert skipped[0].payload == b"not an avro decision" and "mcp.decisions[0]@0" in skipped[0].detail
+
+
 async def test_kafka_replicas_all_follow_the_decisions_topic(tmp_path: Path) -> None:
     with running_tansu(require_tansu()) as broker:
         await _kafka_replicas(broker, tmp_path)
