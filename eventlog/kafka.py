@@ -278,6 +278,14 @@ class KafkaConsumer:
         else:
             self._rewind_on_assign = True
 
+    def rewind_at_next_assignment(self) -> None:
+        """Read the partitions of the next assignment from their beginning (not a protocol method).
+
+        For a consumer whose state is rebuilt from the log after a rebalance: call it from the
+        revoke callback, since `seek_to_beginning` there would rewind the partitions being given up.
+        """
+        self._rewind_on_assign = True
+
     def assignment(self) -> set[TopicPartition]:
         if self._consumer is None:
             return set()

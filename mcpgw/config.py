@@ -16,6 +16,7 @@ from typing import Annotated, Any
 import yaml
 from pydantic import Field, ValidationError, model_validator
 
+from consumers.risk.settings import RiskSettings
 from eventlog.kafka_settings import KafkaSettings
 from ingress.config import SERVER_NAME, IngressConfig, ListenConfig, Strict
 
@@ -82,6 +83,8 @@ class GatewayConfig(IngressConfig):
     data_dir: str = "./data"
     event_log: EventLogConfig | None = None
     audit_store: AuditStoreConfig | None = None
+    # The risk consumer's signals, weights and block rule (`mcpgw up`, `mcpgw consume risk`).
+    risk: RiskSettings = RiskSettings()
 
 
 @dataclass(frozen=True)
