@@ -7,13 +7,16 @@ import logging
 import sys
 from pathlib import Path
 
+from mcpgw import operator_cli
 from mcpgw.config import ConfigError, GatewayConfig, load_config
 
 EPILOG = """\
 quick start:
   mcpgw up -c examples/gateway.yaml      run everything on embedded defaults (log + audit store in ./data)
   mcpgw config check -c gateway.yaml     validate a config; every problem with its path and a fix
-  mcpgw audit query "SELECT ..." -c F    read-only SQL over the audit store (gateway stopped)
+  mcpgw audit query "SELECT ..." -c F    read-only SQL over the audit store (through the gateway while it runs)
+  mcpgw block --scope principal --subject alice --ttl 600 --reason "..." -c F
+                                         refuse a principal's calls (admin token: $MCPGW_ADMIN_TOKEN)
   mcpgw audit verify -c F                prove the audit trail complete and untampered
 
 Agents connect to http://HOST:PORT/mcp (all servers, tools named server__tool) or
@@ -43,7 +46,9 @@ def _parser() -> argparse.ArgumentParser:
     ingress.add_argument("--port", type=int, help="override listen.port")
 
     consume = sub.add_parser("consume", help="run one consumer on its own (distributed deployment)")
-    consume.add_argument("role", choices=["audit"], help="audit: mcp.events into the audit store")
+    consume.add_argument("role", choices=["audit", "risk"],
+                         help="audit: mcp.events into the audit store; risk: scores and blocks to mcp.risk and "
+                              "mcp.decisions, and both into the audit store")
     consume.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
 
     audit = sub.add_parser("audit", help="compliance tools over the audit store")
@@ -52,6 +57,9 @@ def _parser() -> argparse.ArgumentParser:
     query.add_argument("sql", help='e.g. "SELECT principal, count() FROM audit.events GROUP BY principal"')
     query.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
     query.add_argument("--format", choices=["table", "json", "csv"], default="table")
+    # While `mcpgw up` runs it holds the embedded store's lock: the query then goes to its admin API.
+    query.add_argument("--url", help="the running gateway's base URL (default: from the config's listen)")
+    query.add_argument("--admin-token", help="admin token for a running gateway (default: $MCPGW_ADMIN_TOKEN)")
     verify = audit_sub.add_parser("verify", help="check every stream's chain, sequence and checkpoint signatures")
     verify.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
     verify.add_argument("--stream", action="append", help="only this stream id (repeatable)")
@@ -66,6 +74,8 @@ def _parser() -> argparse.ArgumentParser:
 
     replay = sub.add_parser("replay", help="rebuild the audit store from the event log (idempotent)")
     replay.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+
+    operator_cli.add_parsers(sub)
 
     config = sub.add_parser("config", help="work with configuration files")
     config_sub = config.add_subparsers(dest="config_command", metavar="SUBCOMMAND")
@@ -110,6 +120,11 @@ def main(argv: list[str] | None = None) -> int:
         from mcpgw.runner import run_gateway
 
         return run_gateway(config, consumers=args.command == "up")
+    if args.command in ("block", "unblock", "decisions"):
+        config = _load(args.config) if args.config is not None else None
+        if config is None and args.config is not None:
+            return 1
+        return operator_cli.main(args, config)
     if args.command in ("audit", "consume", "replay"):
         config = _load(args.config)
         if config is None:

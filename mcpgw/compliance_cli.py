@@ -1,4 +1,10 @@
-"""The compliance commands: `mcpgw audit query|verify|export`, `mcpgw consume audit`, `mcpgw replay`."""
+"""The compliance commands: `mcpgw audit query|verify|export`, `mcpgw consume audit|risk`, `mcpgw replay`.
+
+`audit query` opens the store itself, except when the store is the embedded one and a running
+gateway holds its lock (chDB admits one process per directory): then the SQL goes to that
+gateway's `POST /admin/audit/query` (admin token from --admin-token or $MCPGW_ADMIN_TOKEN), so the
+same command works whether the gateway runs or not. A ClickHouse server is always queried directly.
+"""
 
 from __future__ import annotations
 
@@ -6,6 +12,7 @@ import argparse
 import asyncio
 import json
 import logging
+import os
 import signal
 import sys
 import uuid
@@ -15,10 +22,13 @@ from pathlib import Path
 from consumers.compliance.render import render, render_report, render_report_json
 from consumers.compliance.tools import audit_export, audit_query, audit_verify
 from consumers.store.base import StoreError
+from consumers.store.chdb_store import ChdbStore, lock_holder
 from eventlog.base import LogUnavailable
 from eventlog.embedded.log import EmbeddedLog
+from mcpgw import operator_cli
 from mcpgw.audit_runtime import caught_up, start_audit_consumer
 from mcpgw.config import EmbeddedLogConfig, GatewayConfig
+from mcpgw.risk_runtime import start_risk
 from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
 
@@ -26,6 +36,8 @@ log = logging.getLogger("mcpgw")
 
 
 def main(args: argparse.Namespace, config: GatewayConfig) -> int:
+    if args.command == "audit" and args.audit_command == "query" and held_by_gateway(config) is not None:
+        return _query_through_gateway(args, config)
     try:
         return asyncio.run(_main(args, config))
     except (StoreError, LogUnavailable) as exc:
@@ -35,7 +47,7 @@ def main(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 async def _main(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.command == "consume":
-        return await _consume(config)
+        return await _consume(config, args.role)
     if args.command == "replay":
         return await _replay(config)
     store = store_for(config)
@@ -56,18 +68,41 @@ async def _main(args: argparse.Namespace, config: GatewayConfig) -> int:
         await store.close()
 
 
-async def _consume(config: GatewayConfig) -> int:
+def held_by_gateway(config: GatewayConfig) -> int | None:
+    """The pid of another process holding the embedded store (0: unknown pid), None when free or a server."""
+    store = store_for(config)
+    if not isinstance(store, ChdbStore):
+        return None
+    holder = lock_holder(store.path)
+    return None if holder is None or holder == os.getpid() else holder
+
+
+def _query_through_gateway(args: argparse.Namespace, config: GatewayConfig) -> int:
+    try:
+        result = operator_cli.admin_query(args, config, args.sql)
+    except operator_cli.OperatorError as exc:
+        print(f"mcpgw audit query: the audit store is held by a running gateway, so the query goes through its "
+              f"admin API, which failed: {exc}", file=sys.stderr)
+        return exc.exit_code
+    print(render(result, args.format))
+    return 0
+
+
+async def _consume(config: GatewayConfig, role: str = "audit") -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         local = await _local_log(config, stack)
-        running = await start_audit_consumer(config, local, stack)
+        if role == "risk":
+            tasks = (await start_risk(config, local, stack)).tasks
+        else:
+            tasks = [(await start_audit_consumer(config, local, stack)).task]
         waiter = asyncio.ensure_future(stop.wait())
-        await asyncio.wait({waiter, running.task}, return_when=asyncio.FIRST_COMPLETED)
+        await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()
-        return 1 if running.task.done() and running.task.exception() is not None else 0
+        return 1 if any(t.done() and not t.cancelled() and t.exception() is not None for t in tasks) else 0
 
 
 async def _replay(config: GatewayConfig) -> int:

@@ -19,13 +19,14 @@ from ingress.http.app import build_app
 from mcpgw.audit_runtime import start_audit_consumer
 from mcpgw.config import GatewayConfig
 from mcpgw.decisions_runtime import open_gateway_ports
+from mcpgw.risk_runtime import start_risk
 from mcpgw.sinks import open_event_log
 
 log = logging.getLogger("mcpgw")
 
 
 async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consumers: bool = False) -> None:
-    """Run the ingress; with `consumers`, also the audit consumer (`mcpgw up`)."""
+    """Run the ingress; with `consumers`, also the audit and risk consumers (`mcpgw up`)."""
     async with AsyncExitStack() as stack:
         instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         opened = await open_event_log(config, instance, stack)
@@ -34,6 +35,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         if consumers and durable:
             # Stopped after the ingress (the stack unwinds in reverse), so the last events get stored.
             audit = await start_audit_consumer(config, opened.local_log, stack)
+            await start_risk(config, opened.local_log, stack)  # needs only the log, not the store
         ports = await open_gateway_ports(config, opened.local_log, audit, stack)
         gateway = Gateway(config, opened.sink, instance, decision_log=ports.decision_log,
                           audit_query=ports.audit_query)
