@@ -24,6 +24,7 @@ from ingress.config import HttpServerConfig, IngressConfig, StdioServerConfig
 from ingress.decision_feed import DecisionFeed, DecisionLog
 from ingress.dispatch import Dispatcher
 from ingress.eras import META_SUBSCRIPTION_ID
+from ingress.metrics import GatewayMetrics
 from ingress.mrtr import HeldCalls
 from ingress.naming import Naming
 from ingress.recorder import Recorder, system_context
@@ -89,7 +90,9 @@ class Gateway:
         redaction = config.audit.redaction
         policy = PayloadPolicy(redaction.max_payload_bytes, min(redaction.prefix_bytes, redaction.max_payload_bytes),
                                tuple(redaction.json_paths), redaction.patterns)
-        self.recorder = Recorder(sink, instance or config.instance_id, config.audit.mode, policy)
+        # Everything recorded goes through the metrics' counting sink: /metrics counts what the audit trail holds.
+        self.metrics = GatewayMetrics(self, sink)
+        self.recorder = Recorder(self.metrics.sink, instance or config.instance_id, config.audit.mode, policy)
         self.auth = Authenticator(config)
         naming = Naming(config.naming.separator, config.naming.mode, config.naming.max_length)
         self.upstreams: dict[str, Upstream] = {}

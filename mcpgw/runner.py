@@ -16,10 +16,11 @@ from eventlog.base import LogUnavailable
 from eventlog.embedded.log import LogLocked
 from ingress.gateway import Gateway
 from ingress.http.app import build_app
-from mcpgw.audit_runtime import start_audit_consumer
+from mcpgw.audit_runtime import RunningConsumer, start_audit_consumer
 from mcpgw.config import GatewayConfig
+from mcpgw.consumer_metrics import ConsumerMetricsCollector, in_process
 from mcpgw.decisions_runtime import open_gateway_ports
-from mcpgw.risk_runtime import start_risk
+from mcpgw.risk_runtime import RunningRisk, start_risk
 from mcpgw.sinks import open_event_log
 
 log = logging.getLogger("mcpgw")
@@ -31,14 +32,17 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         opened = await open_event_log(config, instance, stack)
         durable = opened.local_log is not None or (config.event_log is not None and config.event_log.kafka)
-        audit = None
+        audit: RunningConsumer | None = None
+        risk: RunningRisk | None = None
         if consumers and durable:
             # Stopped after the ingress (the stack unwinds in reverse), so the last events get stored.
             audit = await start_audit_consumer(config, opened.local_log, stack)
-            await start_risk(config, opened.local_log, stack)  # needs only the log, not the store
+            risk = await start_risk(config, opened.local_log, stack)  # needs only the log, not the store
         ports = await open_gateway_ports(config, opened.local_log, audit, stack)
         gateway = Gateway(config, opened.sink, instance, decision_log=ports.decision_log,
                           audit_query=ports.audit_query)
+        if audit is not None or risk is not None:
+            gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk)))
         app = build_app(gateway)
         runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
         await runner.setup()

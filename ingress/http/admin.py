@@ -139,6 +139,14 @@ class AdminApi:
 
     # -- credentials and bodies -----------------------------------------------------------------------
 
+    async def refusal(self, request: web.Request, method: str) -> web.Response | None:
+        """For routes outside /admin that take the admin token: the audited refusal, or None if admitted.
+
+        Only refusals are recorded (as `message_refused`): admitting records nothing by itself.
+        """
+        admitted = await self._admitted(request, method)
+        return admitted if isinstance(admitted, web.Response) else None
+
     async def _admitted(self, request: web.Request, method: str) -> AdminRequest | web.Response:
         audit = AdminRequest(self.gateway, request, method)
         if self._token_sha256 is None:

@@ -6,6 +6,7 @@ import time
 
 import orjson
 from aiohttp import web
+from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ingress.gateway import Gateway
 from ingress.http.admin import AdminApi
@@ -53,7 +54,23 @@ def build_app(gateway: Gateway) -> web.Application:
     app.router.add_get("/readyz", readyz)
     app.router.add_get("/.well-known/oauth-protected-resource", protected_resource)
     app.router.add_get("/.well-known/oauth-protected-resource/{path:.*}", protected_resource)
-    AdminApi(gateway).register(app.router)
+    admin = AdminApi(gateway)
+    admin.register(app.router)
+
+    exposition = make_aiohttp_handler(gateway.metrics.registry)
+    # Off loopback, metrics name servers and traffic to anyone who can reach the port: with an admin
+    # token configured, scrapes must carry it (docs/admin-api.md).
+    config = gateway.config
+    guarded = config.admin is not None and not config.listen.is_loopback
+
+    async def metrics(request: web.Request) -> web.StreamResponse:
+        if guarded:
+            refused = await admin.refusal(request, "metrics")
+            if refused is not None:
+                return refused
+        return await exposition(request)
+
+    app.router.add_get("/metrics", metrics)
 
     async def on_startup(_app: web.Application) -> None:
         await gateway.start()
