@@ -53,6 +53,7 @@ from consumers.pipeline import (
     ConsumerMetrics,
     DeadLetter,
     Decode,
+    Forward,
     Insert,
     InvalidRatio,
     Map,
@@ -167,7 +168,7 @@ class EngineFeed:
         return self.engine.observe(event)
 
 
-class Rebuild:
+class Rebuild(Forward[Record]):
     """The first step: records the group already published for only feed the engine.
 
     "Already published" is "below the group's committed offset", read for each partition when its
@@ -188,7 +189,7 @@ class Rebuild:
         consumer_metrics: ConsumerMetrics,
         retry: RetryPolicy,
     ) -> None:
-        self.next = next_step
+        super().__init__(next_step)
         self._consumer = consumer
         self._decode = decode
         self._feed = feed
@@ -219,15 +220,6 @@ class Rebuild:
         with contextlib.suppress(CodecError):
             self._feed.observe(self._decode(item.value))
         self._metrics.rebuilt += 1
-
-    async def poll(self) -> None:
-        await self.next.poll()
-
-    async def join(self) -> None:
-        await self.next.join()
-
-    async def close(self) -> None:
-        await self.next.close()
 
 
 class RiskConsumer:
