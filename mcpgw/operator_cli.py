@@ -57,7 +57,7 @@ def add_connection_flags(parser: argparse.ArgumentParser, *, config_required: bo
 def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> None:
     for action in ("block", "unblock"):
         p = sub.add_parser(action, help=f"{action} a principal, session, tenant, tool or server (admin API)")
-        p.add_argument("--scope", required=True, choices=SCOPES)
+        p.add_argument("--scope", required=True, choices=SCOPES, help="what kind of subject the decision is about")
         p.add_argument("--subject", required=True, help="who or what, e.g. the principal's name")
         p.add_argument("--tenant", help="confine the decision to one tenant (default: every tenant)")
         if action == "block":
@@ -74,7 +74,7 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
 class AdminClient:
     base_url: str
     token: str
-    config_hint: str  # where the token's hash is configured, for the 401 message
+    config_path: str | None  # the config given with -c, for the messages
 
     def call(self, method: str, path: str, body: Mapping[str, Any] | None = None) -> dict[str, Any]:
         data = None if body is None else json.dumps(body).encode()
@@ -93,9 +93,10 @@ class AdminClient:
 
     def _unreachable(self, reason: object) -> OperatorError:
         if isinstance(reason, ConnectionRefusedError):
+            config = self.config_path or "gateway.yaml"
             return OperatorError(f"no gateway answers at {self.base_url} (connection refused): start it with "
-                                 "`mcpgw up -c gateway.yaml` (or `mcpgw ingress -c gateway.yaml`), or pass --url "
-                                 "where it listens")
+                                 f"`mcpgw up -c {config}` (or `mcpgw ingress -c {config}`), or pass --url where it "
+                                 "listens")
         if isinstance(reason, TimeoutError | socket.timeout):
             return OperatorError(f"the gateway at {self.base_url} did not answer within {TIMEOUT_S:g}s")
         return OperatorError(f"cannot reach the gateway at {self.base_url}: {reason}")
@@ -103,10 +104,10 @@ class AdminClient:
     def _refusal(self, status: int, raw: bytes, path: str) -> OperatorError:
         message = _error_text(raw)
         if status == 401:
+            where = self.config_path or "the gateway's config"
             return OperatorError(
                 f"the gateway refused the admin token (401): give the token whose SHA-256 is `admin.token_sha256` "
-                f"in {self.config_hint} (check with `printf %s \"$TOKEN\" | sha256sum`), with --admin-token or "
-                f"${TOKEN_ENV}")
+                f"in {where} (check with `printf %s \"$TOKEN\" | sha256sum`), with --admin-token or ${TOKEN_ENV}")
         if status == 403:
             return OperatorError(f"the gateway refused (403): {message or 'forbidden'}; to enable the admin API add "
                                  "`admin: {token_sha256: <hex>}` to the gateway's config and restart it")
@@ -153,8 +154,8 @@ def client(args: argparse.Namespace, config: GatewayConfig | None) -> AdminClien
     if not token:
         raise OperatorError(f"no admin token: pass --admin-token TOKEN or set {TOKEN_ENV} (the token whose SHA-256 "
                             "is admin.token_sha256 in the gateway's config)", EXIT_USAGE)
-    hint = str(args.config) if getattr(args, "config", None) else "the gateway's config"
-    return AdminClient(base_url(args.url, config), token, hint)
+    path = getattr(args, "config", None)
+    return AdminClient(base_url(args.url, config), token, str(path) if path else None)
 
 
 def actor() -> str:
