@@ -126,9 +126,14 @@ class RiskEngine:
         if decision.action is DecisionAction.BLOCK:
             self._blocks.put(key, decision)
             return
-        for known in [k for k in self._blocks if k[1] == decision.subject and decision.tenant in (None, k[0])]:
-            del self._blocks[known]
-        for known in [k for k in self._principals if k[1] == decision.subject and decision.tenant in (None, k[0])]:
+        if decision.tenant is not None:
+            self._blocks.pop(key, None)
+            self._principals.pop((decision.tenant, decision.subject), None)
+            return
+        # Every tenant's: a scan, but unblocks are rare.
+        for held in [k for k in self._blocks if k[1] == decision.subject]:
+            del self._blocks[held]
+        for known in [k for k in self._principals if k[1] == decision.subject]:
             del self._principals[known]
 
     def state_sizes(self) -> dict[str, int]:

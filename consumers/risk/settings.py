@@ -3,9 +3,12 @@
 A signal's contribution to a subject's score is `weight * strength` (strength 0..1), never more than
 its weight, decaying with `half_life_s`; the score is the sum, clamped to 0..100. Each signal's
 section is named as the signal is named in scores' `reasons` (`request_rate`, `rare_tool`, …).
-The defaults are tuned so that a burst of ~200 calls in a few seconds, or one tool result carrying
-a hidden directive in invisible Unicode, blocks its principal on its own, while ordinary use (a few
-calls per second over varied tools) stays far below the threshold.
+The defaults are tuned so that a burst of ~200 calls in a few seconds from a principal with a
+quieter history, or one tool result carrying a hidden directive in invisible Unicode, blocks its
+principal on its own, while ordinary use (a few calls per second over varied tools, now and then
+personal data, a secret or an exfiltration-shaped sequence) stays below the threshold: the weak
+signals (`rare_tool`, `pii_in_payload`, `secret_in_payload`) and `sensitive_sequence` block only
+together, or beside a strong one.
 """
 
 from __future__ import annotations
@@ -152,11 +155,13 @@ class ToolDriftSettings(_Section):
 
 
 class RiskSettings(_Section):
+    """The whole `risk:` section; every field has a default, so `risk: {}` (or no section) is valid."""
+
     threshold: int = Field(80, ge=1, le=100)  # a principal whose score reaches this is blocked
     ttl_s: float = Field(900.0, gt=0)  # how long a block lasts; re-blocked after if still over the threshold
     half_life_s: float = Field(300.0, gt=0)  # every contribution halves over this long
     never_block: tuple[str, ...] = ("anonymous", "gateway")  # scored, never blocked: shared or system identities
-    reason_floor: float = Field(1.0, ge=0)  # a signal contributing less is not named in `reasons`
+    reason_floor: float = Field(2.0, ge=0)  # a signal contributing less is not named in `reasons`, nor fires
     # Scores are published when a signal fired (at most once per `emit_interval_s` per subject
     # unless a new reason appears) or when the score moved by `emit_delta` since the last one.
     emit_delta: int = Field(5, ge=1, le=100)

@@ -91,6 +91,8 @@ def find_pii(payload: bytes) -> dict[str, int]:
     end = len(payload)
     for match in _NUMBER.finditer(shape):
         start, stop = match.span()
+        if shape.count(b"0", start, stop) < _MIN_DIGITS:
+            continue  # a date, a time, a version: too few digits to be any kind
         if stop < end and payload[stop] in _WORD:
             continue  # inside a longer token: an id, a hash, a version
         if start:

@@ -53,15 +53,17 @@ class SensitiveData:
     def scan(self, payload: bytes, redactions: int = 0, truncated: bool = False) -> list[Hit]:
         """Hits for one message's stored payload and the event's redaction count."""
         hits: list[Hit] = []
-        if self.secrets.enabled:
+        secrets = self.secrets
+        if secrets.enabled and (redactions or secrets.rescan):
             count = redacted_secrets(payload, redactions, truncated)
-            if self.secrets.rescan:
+            if secrets.rescan:
                 count += unredacted_secrets(payload)
             if count:
-                hits.append(Hit(SECRET, min(1.0, count * self.secrets.strength_per_secret)))
+                hits.append(Hit(SECRET, min(1.0, count * secrets.strength_per_secret)))
         if self.pii.enabled:
-            found = find_pii(payload[: self.pii.max_scan_bytes])
-            strength = sum(self._pii_strength[kind] * n for kind, n in found.items())
-            if strength > 0.0:
-                hits.append(Hit(PII, min(1.0, strength)))
+            found = find_pii(payload if len(payload) <= self.pii.max_scan_bytes else payload[: self.pii.max_scan_bytes])
+            if found:
+                strength = sum(self._pii_strength[kind] * n for kind, n in found.items())
+                if strength > 0.0:
+                    hits.append(Hit(PII, min(1.0, strength)))
         return hits
