@@ -14,6 +14,7 @@ import hashlib
 import json
 import subprocess
 from collections.abc import Iterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -21,10 +22,17 @@ import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
 
+from eventlog.base import TOPIC_DECISIONS, TOPIC_EVENTS
+from eventlog.embedded import EmbeddedLog
+from mcpgw.config import parse_config
+from mcpgw.risk_runtime import start_risk
+from schemas.codec import DecisionCodec, EventCodec
+from schemas.decisions import DecisionSource
+from schemas.events import Direction, EventType, GatewayEvent, Kind, new_event_id
 from tests.eventlog.kafka_fixture import TansuBroker, require_tansu, running_tansu
 from tests.integration.rawmcp import modern_call
 from tests.support.durable import GatewayProcess, WitnessUpstream, gateway_config, mcpgw_argv
-from tests.support.gateway import REPO
+from tests.support.gateway import REPO, free_port
 
 pytestmark = pytest.mark.integration
 
@@ -188,3 +196,27 @@ async def test_on_kafka_ingress_and_consume_risk_close_the_loop(tmp_path: Path, 
         finally:
             risk.stop_quietly()
             ingress.stop_quietly()
+
+
+async def test_scores_and_blocks_flow_while_the_audit_store_is_down(tmp_path: Path) -> None:
+    """`start_risk` on the embedded log with a ClickHouse server that does not answer: blocks still go out."""
+    config = parse_config({**loop_config(tmp_path / "data", "http://127.0.0.1:9/mcp"),
+                           "audit_store": {"clickhouse": {"url": f"http://127.0.0.1:{free_port()}"}}})
+    events = [GatewayEvent(EventType.UPSTREAM_MESSAGE_RECEIVED, Kind.RESPONSE, Direction.UPSTREAM_TO_GATEWAY,
+                           event_id=new_event_id(), ts_us=1_795_262_400_000_000, session_id="s", tenant="acme",
+                           principal="alice", server="fast", method="tools/call", tool="echo", jsonrpc_id="1",
+                           payload=json.dumps({"jsonrpc": "2.0", "id": 1, "result": {
+                               "content": [{"type": "text", "text": INJECTION}]}}).encode())]
+    async with AsyncExitStack() as stack:
+        log = EmbeddedLog(tmp_path / "data" / "log")
+        await log.open()
+        stack.push_async_callback(log.close)
+        await log.producer().append(TOPIC_EVENTS, b"s", EventCodec().encode(events[0]))
+        running = await start_risk(config, log, stack)
+        reader = log.consumer("test-reader", [TOPIC_DECISIONS])
+        await reader.start()
+        stack.push_async_callback(reader.close)
+        decisions = [DecisionCodec().decode(r.value) for r in await reader.poll(10, 10.0)]
+        assert [(d.subject, d.source) for d in decisions] == [("alice", DecisionSource.RISK_ENGINE)]
+        assert running.projections == [] and running.projections_task is not None
+        assert not running.projections_task.done()  # still waiting for the store, not failed
