@@ -23,6 +23,7 @@ import platform
 import random
 import sys
 import time
+import tracemalloc
 from collections import Counter
 from collections.abc import Callable
 
@@ -214,6 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"observe alone: {observe / decode:.2f}x the speed of decode; decode + observe: {both / decode:.2f}x "
           f"decode alone. Per stream: {per_round.get('scores', 0):,} scores, {per_round.get('decisions', 0):,} "
           "decisions")
+    tracemalloc.start()
+    engine = RiskEngine()
+    for event in events:
+        engine.observe(event)
+    held, _ = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    sizes = ", ".join(f"{k} {v:,}" for k, v in engine.state_sizes().items())
+    print(f"engine state after the stream: {held / 1e6:.1f} MB ({sizes})")
     ok = both >= GOAL
     print(f"goal >= {GOAL:,} events/s decode + observe: {'met' if ok else 'MISSED'}")
     return 0 if ok or not args.check else 3

@@ -63,7 +63,7 @@ class RareToolSettings(_Section):
     weight: float = Field(20.0, ge=0, le=100)
     min_history: int = Field(50, ge=1)  # calls the principal must have made before anything counts as rare
     rare_fraction: float = Field(0.01, gt=0, lt=1)  # a tool under this share of the principal's calls is rare
-    max_tools_per_principal: int = Field(256, ge=1)  # the least-used are forgotten beyond this
+    max_tools_per_principal: int = Field(128, ge=1)  # the least-used are forgotten beyond this
 
 
 # Tool names are matched lowercased and snake_cased (`readFile` -> `read_file`), by regex search.
