@@ -35,6 +35,7 @@ from collections import deque
 from typing import TypeVar
 
 from consumers.risk.assessment import Assessment
+from consumers.risk.blocks import Blocks
 from consumers.risk.lru import Lru
 from consumers.risk.scoring import SubjectScore
 from consumers.risk.settings import RiskSettings
@@ -86,8 +87,7 @@ class RiskEngine:
         self._principals: Lru[PrincipalKey, SubjectScore] = Lru(s.max_principals)
         self._tools: Lru[tuple[str, str], SubjectScore] = Lru(s.max_tools)
         self._clients: Lru[str, SubjectScore] = Lru(s.max_clients)
-        # Keyed by (tenant, principal); a tenant of None is a block of the principal in every tenant.
-        self._blocks: Lru[tuple[str | None, str], Decision] = Lru(s.max_principals)
+        self._blocks = Blocks(s.max_principals)
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
 
@@ -111,7 +111,7 @@ class RiskEngine:
 
     def active_blocks(self, now_us: int) -> list[Decision]:
         """The blocks this engine knows to be in force at `now_us` (its own, and those it was told of)."""
-        return [d for d in self._blocks.values() if d.is_active(now_us)]
+        return self._blocks.active(now_us)
 
     def note_decision(self, decision: Decision) -> None:
         """Learn of a decision taken elsewhere (an operator, an alert) about a principal.
@@ -120,21 +120,14 @@ class RiskEngine:
         forgives the principal's score, which otherwise would block it again on its next event. A
         decision without a tenant is about the principal in every tenant.
         """
-        if decision.scope is not DecisionScope.PRINCIPAL:
-            return
-        key = (decision.tenant, decision.subject)
-        if decision.action is DecisionAction.BLOCK:
-            self._blocks.put(key, decision)
+        self._blocks.note(decision)
+        if decision.scope is not DecisionScope.PRINCIPAL or decision.action is not DecisionAction.UNBLOCK:
             return
         if decision.tenant is not None:
-            self._blocks.pop(key, None)
             self._principals.pop((decision.tenant, decision.subject), None)
-            return
-        # Every tenant's: a scan, but unblocks are rare.
-        for held in [k for k in self._blocks if k[1] == decision.subject]:
-            del self._blocks[held]
-        for known in [k for k in self._principals if k[1] == decision.subject]:
-            del self._principals[known]
+        else:  # every tenant's: a scan, but unblocks are rare
+            for known in [k for k in self._principals if k[1] == decision.subject]:
+                del self._principals[known]
 
     def state_sizes(self) -> dict[str, int]:
         """Entries held per state map (each bounded by a `max_*` setting)."""
@@ -223,7 +216,7 @@ class RiskEngine:
                 reason=f"risk score {value}: {', '.join(reasons)}", source=DecisionSource.RISK_ENGINE, actor=ACTOR,
                 expires_at=ts + self._ttl_us, risk_score=value, evidence_event_ids=list(score.evidence),
             )  # fmt: skip
-            self._blocks.put(key, decision)
+            self._blocks.note(decision)
             out.decisions.append(decision)
 
     def _score_tool(self, event: GatewayEvent, server: str, tool: str, hits: list[Hit], out: Assessment) -> None:
@@ -292,13 +285,7 @@ class RiskEngine:
         return SubjectScore(self.settings.max_evidence)
 
     def _may_block(self, key: PrincipalKey, ts: int) -> bool:
-        if key[1] in self._never_block:
-            return False
-        for held in (key, (None, key[1])):
-            current = self._blocks.get(held)
-            if current is not None and current.is_active(ts):
-                return False
-        return True
+        return key[1] not in self._never_block and not self._blocks.in_force(key[0], key[1], ts)
 
     def _row(
         self, event: GatewayEvent, score: SubjectScore, value: int, reasons: list[str], tenant: str, principal: str,
