@@ -1,5 +1,8 @@
 """Numbered ClickHouse migrations (infra/clickhouse/NNNN_name.sql): read, split, order, apply.
 
+An installed package carries the files as `consumers/store/clickhouse_migrations/`; a source
+checkout (editable install included) reads infra/clickhouse/ itself.
+
 Reading and splitting are pure; `apply_pending` drives any store through `execute_admin` (DDL) and
 `query` (what is applied), so both backends run the very same statements.
 
@@ -26,6 +29,7 @@ import logging
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from importlib import resources
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -34,7 +38,19 @@ from consumers.store.base import DATABASE, QueryResult, StoreError, StoreQueryEr
 log = logging.getLogger("mcpgw.store.migrations")
 
 ACCESS_CONTROL = "access_control"
-MIGRATIONS_DIR = Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
+# Where a wheel carries infra/clickhouse/ (pyproject.toml: [tool.hatch.build.targets.wheel.force-include]).
+PACKAGED_MIGRATIONS = "clickhouse_migrations"
+
+
+def _migrations_dir() -> Path:
+    """The shipped migrations: inside the package when installed from a wheel, else the source tree's."""
+    packaged = resources.files(__package__ or "consumers.store") / PACKAGED_MIGRATIONS
+    if isinstance(packaged, Path) and packaged.is_dir():
+        return packaged
+    return Path(__file__).resolve().parents[2] / "infra" / "clickhouse"
+
+
+MIGRATIONS_DIR = _migrations_dir()
 MIGRATIONS_TABLE = f"{DATABASE}.schema_migrations"
 
 # Run before anything else, so there is a place to record migration 0001 itself.
