@@ -10,6 +10,18 @@ row (decision events will add `audit.decisions` rows the same way). A batch's ro
 table by table with the batch's token `topic:partition:first-last`, the `audit.events` rows last:
 `ReplayGuard` takes an event's row in `audit.events` as proof that all its rows were written.
 
+Two ways to the `audit.events` rows, the same rows either way (tests/consumers/test_audit_bodies.py):
+
+- Avro bodies (the default projection on a store that reads Avro, i.e. both real backends): the
+  first step, `EventBodies`, checks each record's framing and body without decoding it
+  (schemas/scan.py) and keeps the body; a batch goes to ClickHouse as one Avro container file and
+  ClickHouse decodes it. Every field lands in its same-named column, which is what the default
+  projection (`consumers/store/rows.py: event_row`) does too. What the scan does not pass (an older
+  schema, another framing, a body not in canonical form, a checkpoint whose head is needed) goes
+  through the codec, which decides between a dead letter and a body re-encoded with the current
+  schema, so the dead-letter topic gets exactly what the codec refuses.
+- Rows (a custom `AuditRows`, or a store without Avro): Decode(codec) ─▶ Map(route) ─▶ rows as dicts.
+
 Runs on either log. Embedded (`mcpgw up`): `AuditConsumer(log.consumer("audit", [TOPIC_EVENTS]),
 store, log.producer(), settings)`. Kafka (`mcpgw consume audit`): the revoke callback must reach
 the chain, so make the `Rebalance` first:
@@ -44,10 +56,21 @@ from consumers.pipeline import (
     run_consumer,
 )
 from consumers.store import rows as store_rows
-from consumers.store.base import CHECKPOINTS_TABLE, EVENTS_TABLE, AuditStore
+from consumers.store.avro_container import AvroContainer
+from consumers.store.base import CHECKPOINTS_TABLE, EVENTS_TABLE, AuditStore, AvroInserts
 from eventlog.base import TOPIC_DEAD_LETTER, Consumer, Producer
-from schemas.codec import CodecError, EventCodec
+from schemas import catalog
+from schemas.codec import (
+    CONFLUENT_HEADER_SIZE,
+    SINGLE_OBJECT_HEADER_SIZE,
+    SINGLE_OBJECT_MAGIC,
+    CodecError,
+    EventCodec,
+    MalformedMessageError,
+    WireFormat,
+)
 from schemas.events import EventType, GatewayEvent
+from schemas.scan import BodyScanner
 
 Row = Mapping[str, Any]
 RowOf = Callable[[GatewayEvent], Row]
@@ -64,9 +87,13 @@ WRITTEN_SQL = (
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
-    max_rows: int = 1000  # records per batch (one insert per table)
+    # Records per batch (one insert per table). Big, because ClickHouse's cost per insert is high
+    # (one part per insert, merged later); under light traffic `max_wait_s` cuts batches instead.
+    max_rows: int = 10_000
     max_wait_s: float = 1.0  # how stale the store may be behind the log when traffic is light
-    max_records_per_poll: int = 500
+    max_records_per_poll: int = 2_000
+    # Read and check the next batch while ClickHouse inserts the last one (consumers/pipeline/insert.py).
+    overlap_writes: bool = True
     poll_timeout_s: float = 0.1
     max_invalid_ratio: float = 0.5
     invalid_min_messages: int = 100
@@ -85,13 +112,19 @@ class AuditRows:
     checkpoint: Callable[[GatewayEvent], Row | None]
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(slots=True)
 class Routed:
-    """One event's rows, by table, and what ReplayGuard needs to look it up."""
+    """One event's rows, by table, and what ReplayGuard needs to look it up.
+
+    `body`, when set, is the event's Avro body (current schema) and stands for its audit.events
+    row, which `rows` then does not hold. Not frozen: one is built per event, and a frozen
+    dataclass takes three times as long to build.
+    """
 
     event_id: str
     ts_us: int
     rows: tuple[tuple[str, Row], ...]
+    body: bytes | None = None
 
 
 def router(projection: AuditRows) -> Callable[[GatewayEvent], Routed]:
@@ -106,21 +139,73 @@ def router(projection: AuditRows) -> Callable[[GatewayEvent], Routed]:
     return route
 
 
+_CHECKPOINT = EventType.CHECKPOINT_RECORDED.value
+
+
+class EventBodies:
+    """The first step's function on a store that reads Avro: a log record → `Routed` with its body.
+
+    Raises the codec's `CodecError` for exactly the records the codec cannot decode (dead letters).
+    """
+
+    def __init__(self, codec: EventCodec, projection: AuditRows) -> None:
+        self._codec = codec
+        self._checkpoint = projection.checkpoint
+        self._prefix = SINGLE_OBJECT_MAGIC + codec.records.fingerprint
+        single = codec.records.wire is WireFormat.SINGLE_OBJECT
+        self._encoded_header = SINGLE_OBJECT_HEADER_SIZE if single else CONFLUENT_HEADER_SIZE
+        self._scan = BodyScanner(catalog.schema(catalog.GATEWAY_EVENT), ("event_type", "event_id", "ts")).scan
+
+    def __call__(self, data: bytes) -> Routed:
+        if data.startswith(self._prefix):
+            try:
+                event_type, event_id, ts_us = self._scan(data, SINGLE_OBJECT_HEADER_SIZE)
+            except MalformedMessageError:
+                pass  # the codec decides, and names the reason
+            else:
+                if event_type != _CHECKPOINT:
+                    return Routed(event_id, ts_us, (), data[SINGLE_OBJECT_HEADER_SIZE:])
+                return self._routed(self._codec.decode(data), data[SINGLE_OBJECT_HEADER_SIZE:])
+        event = self._codec.decode(data)
+        # Written with an older schema, framed otherwise, or not in the canonical form ClickHouse
+        # insists on: the current schema's encoding of the same values.
+        return self._routed(event, self._codec.encode(event)[self._encoded_header :])
+
+    def _routed(self, event: GatewayEvent, body: bytes) -> Routed:
+        head = self._checkpoint(event) if event.event_type is EventType.CHECKPOINT_RECORDED else None
+        return Routed(event.event_id, event.ts_us, () if head is None else ((CHECKPOINTS_TABLE, head),), body)
+
+
 class AuditWriter:
     """Inserts routed rows into the audit tables; finds the events a replay already wrote."""
 
     def __init__(self, store: AuditStore) -> None:
         self._store = store
+        self._container: AvroContainer | None = None
 
     async def write(self, values: Sequence[Routed], dedup_token: str) -> None:
         by_table: dict[str, list[Row]] = {}
+        bodies = [value.body for value in values if value.body is not None]
         for value in values:
             for table, row in value.rows:
                 by_table.setdefault(table, []).append(row)
+        if bodies and EVENTS_TABLE in by_table:
+            # Two inserts into one table under one token: ClickHouse would drop the second.
+            raise ValueError("a batch holds audit.events rows both as bodies and as rows")
         # audit.events last (see the module docstring); the same token per table is fine, since
         # ClickHouse keeps deduplication tokens per table.
         for table in sorted(by_table, key=lambda t: t == EVENTS_TABLE):
             await self._store.insert(table, by_table[table], dedup_token)
+        if bodies:
+            await self._insert_bodies(bodies, dedup_token)
+
+    async def _insert_bodies(self, bodies: list[bytes], dedup_token: str) -> None:
+        if not isinstance(self._store, AvroInserts):
+            raise TypeError(f"{type(self._store).__name__} cannot insert Avro")
+        if self._container is None:
+            self._container = AvroContainer(catalog.schema(catalog.GATEWAY_EVENT))
+        await self._store.insert_avro(EVENTS_TABLE, store_rows.EVENT_COLUMNS, self._container.build(bodies),
+                                      dedup_token)
 
     async def unwritten(self, values: Sequence[Routed]) -> Sequence[Routed]:
         keyed = [v for v in values if v.event_id]
@@ -158,18 +243,26 @@ class AuditConsumer:
         self._consumer = consumer
         writer = AuditWriter(store)
         commit = Commit(consumer, self.metrics)
-        insert = Insert(writer.write, commit, self.metrics, retry=s.retry)
+        insert = Insert(writer.write, commit, self.metrics, retry=s.retry, overlap=s.overlap_writes)
         guard = ReplayGuard(writer.unwritten, insert, self.metrics, retry=s.retry)
         batch: Batch[Routed] = Batch(guard, max_rows=s.max_rows, max_wait_s=s.max_wait_s)
-        route = Map(router(rows or default_rows()), batch)
-        self.strategy = Decode(
-            (codec or EventCodec()).decode,
-            route,
-            DeadLetter(dlq_producer, self.metrics, source="audit", topic=s.dead_letter_topic, retry=s.retry),
-            InvalidRatio(s.max_invalid_ratio, s.invalid_min_messages, s.invalid_window),
-            self.metrics,
-            invalid=(CodecError,),
-        )
+        codec = codec or EventCodec()
+        projection = rows or default_rows()
+        # The Avro path only for the default projection: it is the one ClickHouse's own mapping of
+        # fields to same-named columns reproduces.
+        self.reads_bodies = rows is None and isinstance(store, AvroInserts)
+        dead_letter = DeadLetter(dlq_producer, self.metrics, source="audit", topic=s.dead_letter_topic, retry=s.retry)
+        invalid_ratio = InvalidRatio(s.max_invalid_ratio, s.invalid_min_messages, s.invalid_window)
+        self.strategy: Decode[Any]
+        if self.reads_bodies:
+            self.strategy = Decode(
+                EventBodies(codec, projection), batch, dead_letter, invalid_ratio, self.metrics, invalid=(CodecError,)
+            )
+        else:
+            self.strategy = Decode(
+                codec.decode, Map(router(projection), batch), dead_letter, invalid_ratio, self.metrics,
+                invalid=(CodecError,),
+            )  # fmt: skip
 
     async def run(self, stop: asyncio.Event) -> None:
         """Consume until `stop` is set (then flush and commit), or until an error stops it.

@@ -15,6 +15,7 @@ T = TypeVar("T")
 
 @dataclass(slots=True)
 class _Open(Generic[T]):
+    partition: TopicPartition
     first: int
     started: float
     last: int = -1
@@ -44,8 +45,10 @@ class Batch(Generic[T]):
         self.max_rows = max_rows
         self.max_wait_s = max_wait_s
         self._clock = clock
-        self._open: dict[TopicPartition, _Open[T]] = {}
-        self._handed_on: set[TopicPartition] = set()
+        # Keyed by (topic, partition) as the records carry them: building a TopicPartition per record
+        # would cost more than the rest of this step.
+        self._open: dict[tuple[str, int], _Open[T]] = {}
+        self._handed_on: set[tuple[str, int]] = set()
 
     @property
     def held(self) -> int:
@@ -54,26 +57,26 @@ class Batch(Generic[T]):
 
     async def submit(self, item: Item[T]) -> None:
         record = item.record
-        tp = item.partition
-        batch = self._open.get(tp)
+        key = (record.topic, record.partition)
+        batch = self._open.get(key)
         if batch is None:
-            batch = self._open[tp] = _Open(first=record.offset, started=self._clock())
+            batch = self._open[key] = _Open(TopicPartition(*key), record.offset, self._clock())
         batch.last = record.offset
         batch.records += 1
         if isinstance(item, Message):
             batch.values.append(item.value)
         if batch.records >= self.max_rows:
-            await self._hand_on(tp)
+            await self._hand_on(key)
 
     async def poll(self) -> None:
         now = self._clock()
-        for tp in [tp for tp, b in self._open.items() if now - b.started >= self.max_wait_s]:
-            await self._hand_on(tp)
+        for key in [key for key, b in self._open.items() if now - b.started >= self.max_wait_s]:
+            await self._hand_on(key)
         await self.next.poll()
 
     async def join(self) -> None:
-        for tp in list(self._open):
-            await self._hand_on(tp)
+        for key in list(self._open):
+            await self._hand_on(key)
         await self.next.join()
         # join runs at stop and at revoke: whatever this member reads next comes from a new assignment.
         self._handed_on.clear()
@@ -82,8 +85,8 @@ class Batch(Generic[T]):
         self._open.clear()
         await self.next.close()
 
-    async def _hand_on(self, tp: TopicPartition) -> None:
-        batch = self._open.pop(tp)
-        after_assignment = tp not in self._handed_on
-        self._handed_on.add(tp)
-        await self.next.submit(ValuesBatch(tp, batch.first, batch.last, batch.values, after_assignment))
+    async def _hand_on(self, key: tuple[str, int]) -> None:
+        batch = self._open.pop(key)
+        after_assignment = key not in self._handed_on
+        self._handed_on.add(key)
+        await self.next.submit(ValuesBatch(batch.partition, batch.first, batch.last, batch.values, after_assignment))

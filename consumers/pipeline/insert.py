@@ -1,13 +1,20 @@
 """The write end of a chain: `ReplayGuard` → `Insert` → `Commit`.
 
-`Insert` returns only after the writer did, and only then hands the batch to `Commit`, so an
-offset is never committed for a row that is not in the store. A crash between the two replays
-the batch; its dedup token makes the store drop the second write when the batch is cut the same
-way, and `ReplayGuard` drops the values already written when it is not.
+`Insert` hands a batch to `Commit` only after the writer returned, so an offset is never committed
+for a row that is not in the store. A crash between the two replays the batch; its dedup token
+makes the store drop the second write when the batch is cut the same way, and `ReplayGuard` drops
+the values already written when it is not.
+
+`Insert(..., overlap=True)` lets the chain read the next batch while a write runs (the store works
+on its own thread or server, so the two use different cores): `submit` returns once the write has
+started, and the batch is committed at the next `submit`, `poll` or `join` after the write returned.
+A write still starts only after the previous batch is committed, so at most one written batch is
+uncommitted at any time, as without overlap, and a write's error surfaces at that next call.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -76,7 +83,10 @@ class ReplayGuard(Forward[ValuesBatch[T]]):
 
 
 class Insert(Forward[ValuesBatch[T]]):
-    """Writes a batch's values with its dedup token, waiting out retryable errors, then hands it on."""
+    """Writes a batch's values with its dedup token, waiting out retryable errors, then hands it on.
+
+    With `overlap`, the write runs in the background until the next call (see the module docstring).
+    """
 
     def __init__(
         self,
@@ -85,24 +95,69 @@ class Insert(Forward[ValuesBatch[T]]):
         metrics: ConsumerMetrics,
         *,
         retry: RetryPolicy | None = None,
+        overlap: bool = False,
     ) -> None:
         super().__init__(next_step)
         self._write = write
         self._metrics = metrics
         self._retry = retry or RetryPolicy()
+        self._overlap = overlap
+        self._writing: tuple[asyncio.Task[None], ValuesBatch[T]] | None = None
 
     async def submit(self, item: ValuesBatch[T]) -> None:
-        if item.values:
-            values = item.values
-            await retrying(
-                lambda: self._write(values, item.dedup_token),
-                self._retry,
-                f"writing batch {item.dedup_token}",
-                self._metrics,
-            )
-            self._metrics.inserted += len(values)
-            self._metrics.batches += 1
+        await self._settle()
+        if not item.values:
+            await self.next.submit(item)
+        elif self._overlap:
+            self._writing = (asyncio.ensure_future(self._written(item)), item)
+        else:
+            await self._written(item)
+            await self.next.submit(item)
+
+    async def _written(self, item: ValuesBatch[T]) -> None:
+        values = item.values
+        await retrying(
+            lambda: self._write(values, item.dedup_token),
+            self._retry,
+            f"writing batch {item.dedup_token}",
+            self._metrics,
+        )
+        self._metrics.inserted += len(values)
+        self._metrics.batches += 1
+
+    async def _settle(self) -> None:
+        """Wait for the write in the background, if any, and hand its batch on (raising its error)."""
+        if self._writing is None:
+            return
+        task, item = self._writing
+        try:
+            await asyncio.shield(task)  # a cancelled caller leaves the write to close()
+        except BaseException:
+            if task.done():
+                self._writing = None
+            raise
+        self._writing = None
         await self.next.submit(item)
+
+    async def poll(self) -> None:
+        if self._writing is not None and self._writing[0].done():
+            await self._settle()
+        await self.next.poll()
+
+    async def join(self) -> None:
+        await self._settle()
+        await self.next.join()
+
+    async def close(self) -> None:
+        # Uncommitted, so read again; a write that lands anyway is dropped by its token then.
+        if self._writing is not None:
+            task, _ = self._writing
+            self._writing = None
+            task.cancel()
+            await asyncio.wait({task})
+            if not task.cancelled() and task.exception() is not None:
+                log.warning("a write abandoned at close failed: %s", task.exception())
+        await self.next.close()
 
 
 class Commit:

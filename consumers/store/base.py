@@ -15,7 +15,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 DATABASE = "audit"
 EVENTS_TABLE = "audit.events"
@@ -61,3 +61,17 @@ class AuditStore(Protocol):
         """Run DDL or other statements (migrations, tests that tamper on purpose); never for users."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class AvroInserts(Protocol):
+    """A store whose engine reads Avro itself (ClickHouse's `Avro` input format).
+
+    Both backends are: the audit consumer hands them the events' Avro bodies as they are on the log,
+    in one container file per batch (`avro_container.AvroContainer`), and ClickHouse decodes them, much
+    faster than decoding in Python and building rows. Fields map to `columns` by name; fields that
+    are not among `columns` are skipped.
+    """
+
+    async def insert_avro(self, table: str, columns: Sequence[str], container: bytes, dedup_token: str) -> None:
+        """Insert the records of an Avro container file; the same `dedup_token` again writes nothing."""

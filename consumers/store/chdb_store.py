@@ -143,6 +143,18 @@ class ChdbStore:
         except Exception as exc:
             raise connect.store_error(exc, f"insert into {table}") from exc
 
+    async def insert_avro(self, table: str, columns: Sequence[str], container: bytes, dedup_token: str) -> None:
+        settings = connect.insert_settings(dedup_token)
+        writer = self._writer
+
+        def run() -> None:
+            writer.raw_insert(table, list(columns), container, settings=settings, fmt="Avro")
+
+        try:
+            await self._call(self._write_thread, run)
+        except Exception as exc:
+            raise connect.store_error(exc, f"insert into {table}") from exc
+
     def _types_of(self, table: str, names: list[str]) -> list[str]:
         # Runs on the writer thread. Migrations only run at open, so a table's types are stable
         # for the life of the store: one DESCRIBE per table, not one per batch.

@@ -97,6 +97,14 @@ class ClickHouseStore:
         except Exception as exc:
             raise connect.store_error(exc, f"insert into {table}") from exc
 
+    async def insert_avro(self, table: str, columns: Sequence[str], container: bytes, dedup_token: str) -> None:
+        client = self._require()
+        settings = connect.insert_settings(dedup_token)
+        try:
+            await client.raw_insert(table, list(columns), container, settings=settings, fmt="Avro")
+        except Exception as exc:
+            raise connect.store_error(exc, f"insert into {table}") from exc
+
     async def _types_of(self, client: AsyncClient, table: str, names: list[str]) -> list[str]:
         # One DESCRIBE per table for the life of the store, not a round trip per batch: migrations
         # only run at open.

@@ -237,3 +237,102 @@ async def test_replay_guard_checks_until_a_batch_has_new_values() -> None:
         (6, 7, [5, 6]),
     ]
     assert metrics.already_written == 4
+
+
+class GatedWriter:
+    """A writer whose writes wait for `release()`, one gate per write, in order."""
+
+    def __init__(self) -> None:
+        self.started: list[str] = []
+        self.gates: list[asyncio.Event] = []
+        self.failures: list[Exception] = []
+
+    async def __call__(self, values: Sequence[int], token: str) -> None:
+        self.started.append(token)
+        gate = asyncio.Event()
+        self.gates.append(gate)
+        await gate.wait()
+        if self.failures:
+            raise self.failures.pop(0)
+
+    def release(self) -> None:
+        self.gates[-1].set()
+
+
+async def settle() -> None:
+    for _ in range(5):
+        await asyncio.sleep(0)
+
+
+async def test_overlapping_insert_returns_while_writing_and_commits_after_the_write() -> None:
+    sink, metrics, write = Sink(), ConsumerMetrics(), GatedWriter()
+    insert = Insert(write, sink, metrics, retry=FAST, overlap=True)
+    tp = TopicPartition("t", 0)
+    await insert.submit(ValuesBatch(tp, 0, 9, [1]))  # returns with the write started, not done
+    await settle()
+    assert write.started == ["t:0:0-9"] and sink.items == []
+    await insert.poll()  # the write has not returned: nothing to commit yet
+    assert sink.items == []
+    write.release()
+    await settle()
+    await insert.poll()
+    assert [b.last for b in sink.items] == [9] and metrics.batches == 1
+
+    # The next batch's write starts only after the previous batch went on to the commit.
+    await insert.submit(ValuesBatch(tp, 10, 19, [2]))
+    second = asyncio.create_task(insert.submit(ValuesBatch(tp, 20, 29, [3])))
+    await settle()
+    assert write.started == ["t:0:0-9", "t:0:10-19"] and not second.done()
+    write.release()
+    await second
+    await settle()
+    assert write.started[-1] == "t:0:20-29" and [b.last for b in sink.items] == [9, 19]
+    write.release()
+    await insert.join()
+    assert [b.last for b in sink.items] == [9, 19, 29] and sink.joins == 1
+
+
+async def test_overlapping_insert_keeps_commits_in_offset_order_for_empty_batches() -> None:
+    sink, write = Sink(), GatedWriter()
+    insert = Insert(write, sink, ConsumerMetrics(), retry=FAST, overlap=True)
+    tp = TopicPartition("t", 0)
+    await insert.submit(ValuesBatch(tp, 0, 9, [1]))
+    empty = asyncio.create_task(insert.submit(ValuesBatch(tp, 10, 19, [])))  # all skipped: waits for 0-9
+    await settle()
+    assert not empty.done() and sink.items == []
+    write.release()
+    await empty
+    assert [b.last for b in sink.items] == [9, 19]
+
+
+async def test_an_overlapped_write_s_error_surfaces_at_the_next_call_and_commits_nothing() -> None:
+    sink, write = Sink(), GatedWriter()
+    insert = Insert(write, sink, ConsumerMetrics(), retry=FAST, overlap=True)
+    write.failures.append(StoreQueryError("refused"))
+    await insert.submit(ValuesBatch(TopicPartition("t", 0), 0, 9, [1]))
+    await settle()
+    write.release()
+    await settle()
+    with pytest.raises(StoreQueryError):
+        await insert.poll()
+    assert sink.items == [] and sink.polls == 0
+
+    # Not retryable, so the consumer stops there; at a submit instead of a poll, no new write starts.
+    write.failures.append(StoreQueryError("refused"))
+    await insert.submit(ValuesBatch(TopicPartition("t", 0), 0, 9, [1]))
+    await settle()
+    write.release()
+    with pytest.raises(StoreQueryError):
+        await insert.submit(ValuesBatch(TopicPartition("t", 0), 10, 19, [2]))
+    assert sink.items == [] and write.started == ["t:0:0-9", "t:0:0-9"]
+
+
+async def test_close_abandons_an_overlapped_write_uncommitted() -> None:
+    sink, write = Sink(), GatedWriter()
+    insert = Insert(write, sink, ConsumerMetrics(), retry=FAST, overlap=True)
+    await insert.submit(ValuesBatch(TopicPartition("t", 0), 0, 9, [1]))
+    await settle()
+    await insert.close()
+    assert sink.items == [] and sink.closes == 1 and write.started == ["t:0:0-9"]
+    await insert.join()  # nothing left in flight
+    assert sink.items == []

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import asyncio
-import dataclasses
 import subprocess
 import sys
 import textwrap
@@ -123,17 +122,3 @@ async def test_a_long_query_blocks_neither_the_loop_nor_ingestion(store: ChdbSto
     ticker.cancel()
     assert inserted_after < 0.8, "the insert waited for the reader's query"
     assert ticks > 50, "the event loop was blocked"
-
-
-async def test_insert_rate(store: ChdbStore) -> None:
-    # The figure the README quotes: 10k events of the example mix (median payload ~90 B) per batch.
-    base = gateway_events()
-    batches = [[event_row(dataclasses.replace(base[i % len(base)], seq=k * 10_000 + i)) for i in range(10_000)]
-               for k in range(3)]
-    await store.insert(EVENTS_TABLE, batches[0], "warm-up")
-    started = time.perf_counter()
-    for k, rows in enumerate(batches[1:]):
-        await store.insert(EVENTS_TABLE, rows, f"rate:{k}")
-    rate = 20_000 / (time.perf_counter() - started)
-    print(f"chDB insert: {rate:,.0f} events/s")
-    assert rate > 5_000

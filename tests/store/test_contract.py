@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from consumers.store.avro_container import AvroContainer
 from consumers.store.base import (
     CHECKPOINTS_TABLE,
     DECISIONS_TABLE,
@@ -35,6 +36,8 @@ from consumers.store.rows import (
     risk_score_row,
     utc,
 )
+from schemas import catalog
+from schemas.codec import SINGLE_OBJECT_HEADER_SIZE, EventCodec
 from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome
 from tests.schemas.example_values import T0, decisions, gateway_events, risk_scores
 from tests.store.conftest import StoreBackend
@@ -117,6 +120,39 @@ async def test_payload_bytes_are_stored_exactly(store_backend: StoreBackend) -> 
     await store_backend.store.insert(EVENTS_TABLE, [event_row(event)], "mcp.events:0:1-1")
     result = await store_backend.store.query("SELECT payload, length(payload), hex(payload) FROM audit.events")
     assert result.rows == [(raw, len(raw), raw.hex().upper())]
+
+
+def avro_container(events: list[GatewayEvent]) -> bytes:
+    codec = EventCodec()
+    return AvroContainer(catalog.schema(catalog.GATEWAY_EVENT)).build(
+        [codec.encode(e)[SINGLE_OBJECT_HEADER_SIZE:] for e in events])
+
+
+async def test_avro_events_land_as_their_rows(store_backend: StoreBackend) -> None:
+    # The audit consumer's fast path: ClickHouse decodes the bodies into exactly the rows event_row builds.
+    events = gateway_events()
+    raw = b'{"jsonrpc":"2.0","method":"\xff\xfe\x00"}' + bytes(range(256))
+    events[1] = dataclasses.replace(events[1], payload=raw, payload_size=len(raw))
+    await store_backend.store.insert_avro(EVENTS_TABLE, EVENT_COLUMNS, avro_container(events), "mcp.events:0:0-12")
+    assert await select(store_backend, EVENTS_TABLE, EVENT_COLUMNS, "seq") == [event_row(e) for e in events]
+
+
+async def test_an_avro_batch_is_deduplicated_by_its_token(store_backend: StoreBackend) -> None:
+    events = call_events(6_000)  # more rows than one Native block of the clients
+    container = avro_container(events)
+    for _ in range(2):
+        await store_backend.store.insert_avro(EVENTS_TABLE, EVENT_COLUMNS, container, "mcp.events:0:0-10799")
+    assert await scalar(store_backend, "SELECT count() FROM audit.events") == len(events)
+    assert await scalar(store_backend, "SELECT sum(events) FROM audit.events_per_minute") == len(events)
+    with pytest.raises(StoreQueryError, match="dedup_token"):
+        await store_backend.store.insert_avro(EVENTS_TABLE, EVENT_COLUMNS, container, "")
+
+
+async def test_a_malformed_avro_batch_is_refused_whole(store_backend: StoreBackend) -> None:
+    container = avro_container(call_events(20))
+    with pytest.raises(StoreQueryError):
+        await store_backend.store.insert_avro(EVENTS_TABLE, EVENT_COLUMNS, container[:-40], "mcp.events:0:0-35")
+    assert await scalar(store_backend, "SELECT count() FROM audit.events") == 0
 
 
 async def test_decisions_round_trip(store_backend: StoreBackend) -> None:
