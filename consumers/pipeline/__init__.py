@@ -7,7 +7,9 @@
 
 Every step is async and hands its output to the next one before returning, so a step that waits
 (an insert retrying against a store that is down) stops the whole chain and the poll loop with
-it: that is the backpressure, and it bounds memory to one poll plus one open batch per partition.
+it: that is the backpressure, and it bounds memory to one poll plus one open batch per partition
+(plus the one batch being written, with `Insert(..., overlap=True)`, which returns once a write has
+started and commits it at its next call; see insert.py).
 The log's `Consumer` protocol has no pause(); not polling is how consumption pauses.
 
 Offsets are committed by the last step, `Commit`, only after `Insert` returned; a record that

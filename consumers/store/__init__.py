@@ -6,7 +6,8 @@ contract suite (tests/store/test_contract.py).
 
     base.py              the AuditStore protocol, its error tree, the table names
     rows.py              events, risk scores, decisions, checkpoints → rows (pure)
-    migrations.py        read, split, order and apply infra/clickhouse/*.sql; retention; tenant readers
+    avro_container.py    Avro bodies → one container file per batch, which ClickHouse decodes (pure)
+    migrations.py        read, split, order and apply the shipped infra/clickhouse/*.sql; retention; readers
     connect.py           what both backends share through clickhouse-connect (errors, settings, results)
     chdb_store.py        ChdbStore(path): embedded engine, directory lock, one thread per handle
     clickhouse_store.py  ClickHouseStore(url, user, password, database): async HTTP client
