@@ -58,6 +58,20 @@ class Chain:
         self.head = event.hash
         self._since_checkpoint += 1
 
+    def stamp_encoded(self, event: GatewayEvent, seal: Callable[[GatewayEvent], bytes]) -> bytes:
+        """`stamp`, with `seal` setting the hash (as the hasher would) and returning the encoded event.
+
+        For an encoder that gets the hash and the wire bytes from one encoding (`EventCodec.seal`).
+        """
+        self.seq += 1
+        event.stream_id = self.stream_id
+        event.seq = self.seq
+        event.prev_hash = self.head
+        encoded = seal(event)
+        self.head = event.hash
+        self._since_checkpoint += 1
+        return encoded
+
     def checkpoint_due(self) -> bool:
         return self._since_checkpoint > 0 and (
             self._since_checkpoint >= self.policy.every_events

@@ -10,11 +10,13 @@ next batch that is written starts with an `audit_gap_recorded` event naming the 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from eventlog.base import TOPIC_EVENTS, LogUnavailable, Producer
+from eventlog.base import TOPIC_EVENTS, LogError, Producer
 from ingress.chain import Chain
 from ingress.sink import SinkUnavailable
 from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
@@ -27,21 +29,40 @@ def _retrieved(task: asyncio.Future[None]) -> None:
         task.exception()  # seen by the awaiting caller, or (caller gone) already in the refused ranges
 
 
+@runtime_checkable
+class SubmittingProducer(Protocol):
+    """A producer that can take records without a task of its own (the embedded log's).
+
+    `submit_batch` takes the records now and calls `settle` once, on the loop, with None when they
+    are durable or the error when they never will be; False means it took nothing (use
+    `append_batch`). Recording a hop then costs one wake-up of the caller, not a task's steps.
+    """
+
+    def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+                     settle: Callable[[LogError | None], None]) -> bool: ...
+
+
 def event_key(event: GatewayEvent) -> bytes:
     """Kafka key: the conversation, so its events stay in order on one partition."""
     return (event.session_id or event.correlation_id or event.stream_id).encode()
 
 
 class LogEventSink:
+    """`seal`, when given, hashes and encodes an event in one go (`EventCodec.seal`); else the chain's
+    hasher hashes and `encode` encodes."""
+
     def __init__(self, producer: Producer, encode: Callable[[GatewayEvent], bytes], chain: Chain,
-                 instance: str, topic: str = TOPIC_EVENTS) -> None:
+                 instance: str, topic: str = TOPIC_EVENTS,
+                 seal: Callable[[GatewayEvent], bytes] | None = None) -> None:
         self.producer = producer
         self._encode = encode
+        self._seal = seal
         self.chain = chain
         self.instance = instance
         self.topic = topic
         self._refused: list[tuple[int, int]] = []
         self.closed = False
+        self._submit = producer.submit_batch if isinstance(producer, SubmittingProducer) else None
 
     async def start(self) -> None:
         await self.producer.start()
@@ -58,23 +79,51 @@ class LogEventSink:
             batch.append(self.chain.checkpoint(self.instance))
         first = self.chain.seq + 1
         records = []
+        chain, seal = self.chain, self._seal
         for event in batch:
-            self.chain.stamp(event)
-            records.append((event_key(event), self._encode(event)))
+            if seal is not None:
+                records.append((event_key(event), chain.stamp_encoded(event, seal)))
+            else:
+                chain.stamp(event)
+                records.append((event_key(event), self._encode(event)))
         # The numbers are taken: the append must run to its end even if the caller gives up (an agent
         # hanging up), or a refusal would leave a hole no gap event explains.
-        append = asyncio.ensure_future(self._append(records, first, self.chain.seq, reported))
+        last = self.chain.seq
+        if self._submit is not None:
+            waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+            try:
+                taken = self._submit(self.topic, records,
+                                     functools.partial(self._settled, waiter, first, last, reported))
+            except LogError as exc:
+                self._refused.append((first, last))
+                raise SinkUnavailable(f"the event log refused the events: {exc}") from exc
+            if taken:
+                # A cancelled caller cancels only this waiter: `_settled` still accounts for the batch.
+                await waiter
+                return
+        append = asyncio.ensure_future(self._append(records, first, last, reported))
         append.add_done_callback(_retrieved)
         await asyncio.shield(append)
 
     async def _append(self, records: list[tuple[bytes, bytes]], first: int, last: int, reported: int) -> None:
         try:
             await self.producer.append_batch(self.topic, records)
-        except LogUnavailable as exc:
+        except LogError as exc:  # retryable or not, the numbers it took must be explained
             self._refused.append((first, last))
             raise SinkUnavailable(f"the event log refused the events: {exc}") from exc
         # Ranges refused while this batch was in flight stay for the next one.
         del self._refused[:reported]
+
+    def _settled(self, waiter: asyncio.Future[None], first: int, last: int, reported: int,
+                 error: LogError | None) -> None:
+        if error is None:
+            del self._refused[:reported]  # as in `_append`
+            if not waiter.done():
+                waiter.set_result(None)
+            return
+        self._refused.append((first, last))
+        if not waiter.done():
+            waiter.set_exception(SinkUnavailable(f"the event log refused the events: {error}"))
 
     def _gap_event(self) -> GatewayEvent:
         ranges = ", ".join(f"{a}-{b}" for a, b in self._refused)

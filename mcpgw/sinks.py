@@ -70,7 +70,8 @@ async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitS
         log.warning("audit.checkpoint.key is empty: chain checkpoints are emitted unsigned")
     chain = Chain(event_hash, CheckpointPolicy(checkpoint.every_events, checkpoint.every_seconds,
                                                checkpoint.key.encode()))
-    sink = LogEventSink(producer, EventCodec().encode, chain, instance)
+    codec = EventCodec()
+    sink = LogEventSink(producer, codec.encode, chain, instance, seal=codec.seal)
     await sink.start()
     stack.push_async_callback(sink.close)
     log.info("recording events to %s (audit mode %s, stream %s)", where, config.audit.mode, chain.stream_id)

@@ -10,8 +10,9 @@ from typing import TYPE_CHECKING
 
 from eventlog.base import LogCorrupt, LogUnavailable, Record, TopicPartition
 from eventlog.embedded.offsets import GroupOffsets
+from eventlog.embedded.partition import PartitionLog
 from eventlog.embedded.reader import PartitionCursor
-from eventlog.embedded.writer import Entry
+from eventlog.embedded.writer import Entry, Settle
 
 if TYPE_CHECKING:
     from eventlog.embedded.log import EmbeddedLog
@@ -39,7 +40,31 @@ class EmbeddedProducer:
             return
         writer = self._log.check_writable()
         partitions = await self._log.partitions(topic)
+        await writer.append(self._entries(partitions, records))
+
+    def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], settle: Settle) -> bool:
+        """`append_batch` without a task of its own: take the records now and call `settle` later.
+
+        `settle(None)` runs on the loop once they are durable, `settle(error)` if they never will be
+        (exactly once, whatever happens to the caller). Returns False, taking nothing, when the
+        topic is not open yet (its creation needs a thread): use `append_batch` then. Raises what
+        `append_batch` raises when the records cannot be taken at all.
+        """
+        writer = self._log.check_writable()
+        partitions = self._log.open_partitions(topic)
+        if partitions is None:
+            return False
+        if records:
+            writer.submit(self._entries(partitions, records), settle)
+        else:
+            settle(None)
+        return True
+
+    def _entries(self, partitions: list[PartitionLog], records: Sequence[tuple[bytes | None, bytes]]) -> list[Entry]:
         n = len(partitions)
+        if n == 1:
+            only = partitions[0]
+            return [(only, key, value) for key, value in records]
         entries: list[Entry] = []
         for key, value in records:
             if key is None:
@@ -48,7 +73,7 @@ class EmbeddedProducer:
             else:
                 p = zlib.crc32(key) % n
             entries.append((partitions[p], key, value))
-        await writer.append(entries)
+        return entries
 
     async def close(self) -> None:
         """Nothing to release: the log owns the writer (closing the log flushes what is queued)."""
@@ -72,6 +97,8 @@ class EmbeddedConsumer:
         self._started = False
         self._closed = False
         self._turn = 0
+        self._topic_set = frozenset(self._topics)
+        self._appended = asyncio.Event()  # set by the log when records of our topics become readable
 
     async def start(self) -> None:
         self._log.check_open()
@@ -90,9 +117,10 @@ class EmbeddedConsumer:
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
         loop = asyncio.get_running_loop()
         deadline = loop.time() + max(timeout_s, 0.0)
+        appended = self._appended
         while True:
             self._check()
-            appended = self._log.appended_event()  # taken before reading, so no wake-up is missed
+            appended.clear()  # before reading, so records made readable after the read wake the wait
             if self._log.read_only:
                 await self._discover()
             records = self._read(max(max_records, 1))
@@ -125,6 +153,13 @@ class EmbeddedConsumer:
 
     def assignment(self) -> set[TopicPartition]:
         return set(self._cursors)
+
+    def reads_any(self, topics: set[str]) -> bool:
+        return not self._topic_set.isdisjoint(topics)
+
+    def wake(self) -> None:
+        """The log made records readable (or closed): a waiting `poll` looks again."""
+        self._appended.set()
 
     def position(self, partition: TopicPartition) -> int:
         """The offset the next `poll` reads in this partition (not a protocol method)."""

@@ -70,7 +70,6 @@ class EmbeddedLog:
         self._creating: dict[str, asyncio.Task[list[PartitionLog]]] = {}
         self._writer: GroupCommitWriter | None = None
         self._lock_fd: int | None = None
-        self._appended = asyncio.Event()
         self._consumers: set[EmbeddedConsumer] = set()
         self._retention_task: asyncio.Task[None] | None = None
         self._open = False
@@ -80,8 +79,6 @@ class EmbeddedLog:
     async def open(self) -> None:
         if self._open:
             return
-        # A fresh loop-bound event: a log may be reopened under another event loop (tests do).
-        self._appended = asyncio.Event()
         if not self.read_only:
             await asyncio.to_thread(self._open_writable)
             self._writer = GroupCommitWriter(self.config.limits, self._notify)
@@ -103,7 +100,7 @@ class EmbeddedLog:
                 await self._retention_task
         for consumer in list(self._consumers):
             await consumer.close()
-        self._notify()  # wake polls so they observe the close
+        self._notify(None)  # wake polls so they observe the close
         for partitions in self._topics.values():
             for p in partitions:
                 p.close()
@@ -248,6 +245,10 @@ class EmbeddedLog:
             return await asyncio.shield(creating)
         return self._topics[topic]
 
+    def open_partitions(self, topic: str) -> list[PartitionLog] | None:
+        """A writable log's partitions of `topic` if it is open already (no I/O, no waiting)."""
+        return self._topics.get(topic) if self._open and not self.read_only else None
+
     async def _create_topic(self, topic: str) -> list[PartitionLog]:
         try:
             partitions = await asyncio.to_thread(self._load_topic, topic, True)
@@ -260,19 +261,19 @@ class EmbeddedLog:
         finally:
             del self._creating[topic]
 
-    def appended_event(self) -> asyncio.Event:
-        return self._appended
-
     def register(self, consumer: EmbeddedConsumer) -> None:
         self._consumers.add(consumer)
 
     def unregister(self, consumer: EmbeddedConsumer) -> None:
         self._consumers.discard(consumer)
 
-    def _notify(self) -> None:
-        # A fresh event per flush: a poll that took the old one is woken, later polls wait anew.
-        event, self._appended = self._appended, asyncio.Event()
-        event.set()
+    def _notify(self, topics: set[str] | None) -> None:
+        """Records of `topics` became readable (None: anything changed, e.g. the log closed)."""
+        # Only the consumers of those topics: a consumer of another topic woken by every flush of
+        # the event stream would read nothing, at a task switch or two per flush.
+        for consumer in self._consumers:
+            if topics is None or consumer.reads_any(topics):
+                consumer.wake()
 
     def _load_topic(self, topic: str, create: bool) -> list[PartitionLog]:
         resolved = self.config.resolve(topic)

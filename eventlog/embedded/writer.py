@@ -1,11 +1,18 @@
 """Group commit: every append queued while a flush is under way shares the next write and fsync.
 
-One flusher task takes everything queued (up to `max_flush_bytes`), assigns offsets, frames the
-records, and hands the writes plus one fdatasync per touched partition file to a dedicated thread,
-so the event loop keeps taking appends meanwhile; those form the next flush. Waiters are resolved
-only after the fsync returned, and readers see a record only then.
+The writer takes everything queued (up to `max_flush_bytes`), assigns offsets, frames the records,
+and hands the writes plus one fdatasync per touched partition file to its own flush thread, so
+the event loop keeps taking appends meanwhile; those form the next flush, started as soon as this
+one returns. Appenders are settled only after the fsync returned, and readers see a record only
+then.
 
-Failure is fail-closed: every waiter of a failed flush gets `LogUnavailable`. A failed *write*
+The loop side is plain callbacks, not a task: an append schedules the flush (one loop pass, so
+appends made in the same pass share it), the flush thread hands the outcome back with
+`call_soon_threadsafe`, and that callback settles the appenders and starts the next flush. A
+flush therefore costs two loop passes and two thread wake-ups, not a chain of task steps, which
+matters when one appender at a time waits for each fsync.
+
+Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
 log keeps working. A failed *fsync* leaves the kernel's page cache in an unknown state (Linux marks
 the dirty pages clean after reporting the error), so the log stops taking appends until it is
@@ -22,13 +29,16 @@ partition (the default) is the fast choice, and per-key order needs no more.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import os
+import queue
+import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
+from typing import Any
 
 from eventlog.base import LogError, LogUnavailable
 from eventlog.embedded.config import LogLimits
@@ -43,6 +53,8 @@ _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
 _write: Callable[[int, memoryview], int] = os.write
 
 Entry = tuple[PartitionLog, bytes | None, bytes]
+# Called once per append, on the loop thread: None when its records are durable, else why not.
+Settle = Callable[[LogError | None], None]
 
 
 @dataclass(slots=True)
@@ -61,7 +73,7 @@ class _Append:
     entries: Sequence[Entry]
     timestamp_ms: int
     nbytes: int
-    done: asyncio.Future[None]
+    settle: Settle
 
 
 class _FlushFailed(Exception):
@@ -71,36 +83,84 @@ class _FlushFailed(Exception):
         self.recovered = recovered
 
 
+class _FlushThread:
+    """One thread doing the file I/O; each job's outcome comes back as a callback on the loop.
+
+    Leaner than an executor: no concurrent future, no wrapped asyncio future, one queue put to hand
+    a job over and one `call_soon_threadsafe` to hand the outcome back.
+    """
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self._loop = loop
+        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, Callable[[Any, BaseException | None], None]]
+                                      | None] = queue.SimpleQueue()
+        self._thread = threading.Thread(target=self._run, name="eventlog-flush", daemon=True)
+        self._thread.start()
+
+    def submit(self, fn: Callable[[Any], Any], arg: Any, done: Callable[[Any, BaseException | None], None]) -> None:
+        self._jobs.put((fn, arg, done))
+
+    def stop(self) -> None:
+        """Finish the job under way, then end the thread (jobs are only submitted one at a time)."""
+        self._jobs.put(None)
+        self._thread.join()
+
+    def _run(self) -> None:
+        jobs, loop = self._jobs, self._loop
+        while (job := jobs.get()) is not None:
+            fn, arg, done = job
+            try:
+                result, error = fn(arg), None
+            except BaseException as exc:  # handed to the loop, which fails the flush closed
+                result, error = None, exc
+            try:
+                loop.call_soon_threadsafe(done, result, error)
+            except RuntimeError:  # the loop is closed: nobody is waiting any more
+                return
+
+
 class GroupCommitWriter:
-    def __init__(self, limits: LogLimits, on_durable: Callable[[], None]) -> None:
+    def __init__(self, limits: LogLimits, on_durable: Callable[[set[str]], None]) -> None:
         self.stats = LogStats()
         self._limits = limits
         self._on_durable = on_durable
         self._queue: deque[_Append] = deque()
         self._pending_records = 0
         self._pending_bytes = 0
-        self._wakeup = asyncio.Event()
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="eventlog-flush")
-        self._task: asyncio.Task[None] | None = None
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._thread: _FlushThread | None = None
+        self._busy = False  # a flush is scheduled or under way
         self._closing = False
+        self._drained: asyncio.Future[None] | None = None
         self.failed: str | None = None  # set once an fsync failed: appends refused until reopened
 
     def start(self) -> None:
-        self._task = asyncio.create_task(self._run(), name="eventlog-flusher")
+        self._loop = asyncio.get_running_loop()
+        self._thread = _FlushThread(self._loop)
 
     async def close(self) -> None:
         """Flush what is queued, then stop; appends arriving after this call are refused."""
         self._closing = True
-        self._wakeup.set()
-        if self._task is not None:
-            await self._task
-        self._executor.shutdown(wait=True)
+        if self._busy and self._loop is not None:
+            self._drained = self._loop.create_future()
+            await asyncio.shield(self._drained)
+        if self._thread is not None:
+            self._thread.stop()
+            self._thread = None
 
-    async def append(self, entries: Sequence[Entry]) -> None:
+    def submit(self, entries: Sequence[Entry], settle: Settle) -> None:
+        """Take `entries` for the next flush, or raise why not (`LogUnavailable`, `LogError`).
+
+        `settle` is called exactly once, on the loop thread, after the flush that carries them:
+        with None once they are durable, with `LogUnavailable` if they never will be. Taken records
+        are not withdrawn: whatever happens to the caller, they go to the disk and `settle` runs.
+        """
         if self._closing:
             raise LogUnavailable("event log is closed")
         if self.failed is not None:
             raise LogUnavailable(f"event log stopped after a failed fsync ({self.failed}); reopen it")
+        if self._loop is None:
+            raise LogUnavailable("event log is not open")
         limits = self._limits
         nbytes = 0
         for _, key, value in entries:
@@ -115,32 +175,34 @@ class GroupCommitWriter:
             raise LogUnavailable(
                 f"log full: {self._pending_records} records / {self._pending_bytes} bytes await the disk"
             )
-        done = asyncio.get_running_loop().create_future()
-        self._queue.append(_Append(entries, time.time_ns() // 1_000_000, nbytes, done))
+        self._queue.append(_Append(entries, time.time_ns() // 1_000_000, nbytes, settle))
         self._pending_records += len(entries)
         self._pending_bytes += nbytes
-        self._wakeup.set()
+        if not self._busy:
+            self._busy = True
+            # One loop pass later, not now: appends made by the callbacks already due join this flush.
+            self._loop.call_soon(self._next)
+
+    async def append(self, entries: Sequence[Entry]) -> None:
+        done: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
+        self.submit(entries, functools.partial(_settle_future, done))
         # A cancelled caller does not withdraw its record: it may already be on its way to the disk.
         await done
 
-    async def _run(self) -> None:
-        while True:
-            await self._wakeup.wait()
-            self._wakeup.clear()
-            while self._queue:
-                batch = self._take()
-                try:
-                    await self._flush(batch)
-                except Exception as exc:  # a bug here must not leave appends waiting forever
-                    log.exception("event log: flush crashed")
-                    self.failed = f"flush crashed: {exc!r}"
-                    self._fail(batch, LogUnavailable(f"event log {self.failed}"))
-                finally:
-                    for app in batch:
-                        self._pending_records -= len(app.entries)
-                        self._pending_bytes -= app.nbytes
-            if self._closing:
-                return
+    # -- the flush cycle (loop thread) ---------------------------------------------------------------
+
+    def _next(self) -> None:
+        """Start a flush of what is queued, or go idle."""
+        if not self._queue:
+            self._busy = False
+            if self._drained is not None and not self._drained.done():
+                self._drained.set_result(None)
+            return
+        batch = self._take()
+        try:
+            self._start(batch)
+        except Exception as exc:  # a bug here must not leave appends waiting forever
+            self._crashed(batch, exc)
 
     def _take(self) -> list[_Append]:
         batch = [self._queue.popleft()]
@@ -151,62 +213,127 @@ class GroupCommitWriter:
             batch.append(app)
         return batch
 
-    async def _flush(self, batch: list[_Append]) -> None:
+    def _start(self, batch: list[_Append]) -> None:
         if self.failed is not None:
-            self._fail(batch, LogUnavailable(f"event log stopped after a failed fsync ({self.failed}); reopen it"))
+            self._end(batch, LogUnavailable(f"event log stopped after a failed fsync ({self.failed}); reopen it"))
             return
-        loop = asyncio.get_running_loop()
-        touched = list(dict.fromkeys(p for app in batch for p, _, _ in app.entries))
+        entries = batch[0].entries
+        first = entries[0][0]
+        if len(batch) == 1 and all(p is first for p, _, _ in entries):
+            touched = [first]  # the common case: one partition
+        else:
+            touched = list(dict.fromkeys(p for app in batch for p, _, _ in app.entries))
+        rolling = [p for p in touched if p.needs_roll()]
+        assert self._thread is not None
+        if rolling:
+            # Roll only between flushes: the old segment is then wholly fsync'd, so recovery only ever
+            # has to validate the last segment's tail.
+            self._thread.submit(_create_segments, rolling, functools.partial(self._rolled, batch, touched, rolling))
+            return
+        self._write(batch, touched)
+
+    def _rolled(self, batch: list[_Append], touched: list[PartitionLog], rolling: list[PartitionLog],
+                fds: list[int] | None, error: BaseException | None) -> None:
         try:
-            for p in touched:
-                if p.needs_roll():
-                    # Roll only between flushes: the old segment is then wholly fsync'd, so recovery
-                    # only ever has to validate the last segment's tail.
-                    fd = await loop.run_in_executor(self._executor, p.create_segment_file, p.high_watermark)
-                    p.rolled(fd, p.high_watermark)
-        except OSError as exc:
-            self.stats.failed_flushes += 1
-            log.error("event log: creating a segment failed: %s; %d appends fail", exc, len(batch))
-            self._fail(batch, LogUnavailable(f"event log cannot create a segment: {exc}"))
-            return
+            if error is not None:
+                self.stats.failed_flushes += 1
+                log.error("event log: creating a segment failed: %s; %d appends fail", error, len(batch))
+                self._end(batch, LogUnavailable(f"event log cannot create a segment: {error}"))
+                return
+            assert fds is not None
+            for p, fd in zip(rolling, fds, strict=True):
+                p.rolled(fd, p.high_watermark)
+            self._write(batch, touched)
+        except Exception as exc:
+            self._crashed(batch, exc)
+
+    def _write(self, batch: list[_Append], touched: list[PartitionLog]) -> None:
         chunks: dict[PartitionLog, list[bytes]] = {p: [] for p in touched}
         next_offset = {p: p.high_watermark for p in touched}
         for app in batch:
+            ts = app.timestamp_ms
             for p, key, value in app.entries:
-                chunks[p].append(encode(next_offset[p], app.timestamp_ms, p.active.size, key, value))
+                chunks[p].append(encode(next_offset[p], ts, p.active.size, key, value))
                 next_offset[p] += 1
         jobs = [(p.fd, b"".join(chunks[p]), p.active.size) for p in touched]
-        try:
-            await loop.run_in_executor(self._executor, _write_and_sync, jobs)
-        except _FlushFailed as exc:
-            self.stats.failed_flushes += 1
-            if not exc.recovered:
-                self.failed = str(exc)
-            log.error(
-                "event log: %s; %d appends fail%s", exc, len(batch),
-                "" if exc.recovered else "; no further appends until the log is reopened",
-            )
-            self._fail(batch, LogUnavailable(f"event log {exc}"))
-            return
-        for p, (_, blob, start) in zip(touched, jobs, strict=True):
-            p.active.index.add(p.high_watermark, start)
-            p.active.size = start + len(blob)
-            p.high_watermark = next_offset[p]
-            self.stats.bytes += len(blob)
-        self.stats.flushes += 1
-        self.stats.fsyncs += len(jobs)
-        for app in batch:
-            self.stats.records += len(app.entries)
-            if not app.done.done():
-                app.done.set_result(None)
-        self._on_durable()
+        assert self._thread is not None
+        self._thread.submit(_write_and_sync, jobs, functools.partial(self._flushed, batch, touched, jobs, next_offset))
 
-    @staticmethod
-    def _fail(batch: list[_Append], error: LogUnavailable) -> None:
+    def _flushed(self, batch: list[_Append], touched: list[PartitionLog], jobs: list[tuple[int | None, bytes, int]],
+                 next_offset: dict[PartitionLog, int], _result: None, error: BaseException | None) -> None:
+        if error is not None:
+            self.stats.failed_flushes += 1
+            if not isinstance(error, _FlushFailed):
+                self._crashed(batch, error)
+                return
+            if not error.recovered:
+                self.failed = str(error)
+            log.error(
+                "event log: %s; %d appends fail%s", error, len(batch),
+                "" if error.recovered else "; no further appends until the log is reopened",
+            )
+            self._end(batch, LogUnavailable(f"event log {error}"))
+            return
+        try:
+            topics = set()
+            for p, (_, blob, start) in zip(touched, jobs, strict=True):
+                p.active.index.add(p.high_watermark, start)
+                p.active.size = start + len(blob)
+                p.high_watermark = next_offset[p]
+                self.stats.bytes += len(blob)
+                topics.add(p.topic)
+            self.stats.flushes += 1
+            self.stats.fsyncs += len(jobs)
+        except Exception as exc:
+            self._crashed(batch, exc)
+            return
+        self._end(batch, None)
+        self._on_durable(topics)
+
+    def _crashed(self, batch: list[_Append], exc: BaseException) -> None:
+        log.error("event log: flush crashed: %r; %d appends fail", exc, len(batch), exc_info=exc)
+        self.failed = f"flush crashed: {exc!r}"
+        self._end(batch, LogUnavailable(f"event log {self.failed}"))
+
+    def _end(self, batch: list[_Append], error: LogUnavailable | None) -> None:
+        """The batch's outcome is known: settle its appends, then flush whatever queued meanwhile."""
+        self._settle(batch, error)
+        assert self._loop is not None
+        # One pass later, like the first flush: appends due in the callbacks just settled join it.
+        self._loop.call_soon(self._next)
+
+    def _settle(self, batch: list[_Append], error: LogUnavailable | None) -> None:
         for app in batch:
-            if not app.done.done():
-                app.done.set_exception(error)
-                app.done.exception()  # a cancelled caller never retrieves it; keep asyncio quiet
+            self._pending_records -= len(app.entries)
+            self._pending_bytes -= app.nbytes
+            if error is None:
+                self.stats.records += len(app.entries)
+            try:
+                app.settle(error)
+            except Exception:  # one appender's bug must not keep the others waiting
+                log.exception("event log: an append's settle callback failed")
+
+
+def _settle_future(done: asyncio.Future[None], error: LogError | None) -> None:
+    if done.done():
+        return  # the caller was cancelled; its records were written (or failed) all the same
+    if error is None:
+        done.set_result(None)
+    else:
+        done.set_exception(error)
+
+
+def _create_segments(partitions: list[PartitionLog]) -> list[int]:
+    """Flush thread: create the next segment file of each partition; on error close those created."""
+    fds: list[int] = []
+    try:
+        for p in partitions:
+            fds.append(p.create_segment_file(p.high_watermark))
+    except OSError:
+        for fd in fds:
+            os.close(fd)
+        raise
+    return fds
 
 
 def _write_and_sync(jobs: list[tuple[int | None, bytes, int]]) -> None:
