@@ -190,8 +190,10 @@ class BodyScanner:
             else:
                 src.emit(indent, "p += 1")
                 src.emit(indent, "if d[p - 1] & 0x80:")
-                src.emit(indent + 1, "if d[p] < 0x80: p += 1")
-                src.emit(indent + 1, "else: p = skip(d, p)")
+                src.emit(indent + 1, "q = p - 1")
+                src.emit(indent + 1, "while d[p] & 0x80: p += 1")
+                src.emit(indent + 1, "p += 1")
+                src.emit(indent + 1, "if p - q > 9: skip(d, q + 1)")  # ten bytes or more: is it too wide?
         elif kind in ("float", "double", "fixed"):
             size = {"float": 4, "double": 8}.get(kind) or int(schema["size"])
             src.emit(indent, f"p += {size}")

@@ -45,28 +45,36 @@ class InvalidRatio:
             raise ValueError("need 0 <= max_ratio <= 1 and 1 <= min_messages <= window")
         self.max_ratio = max_ratio
         self.min_messages = min_messages
-        self._recent: deque[bool] = deque(maxlen=window)
-        self._invalid = 0
+        self._window = window
+        self._seen = 0
+        # Numbers of the invalid messages still in the window: a valid message only counts, so the
+        # common case costs one addition.
+        self._invalid_at: deque[int] = deque()
 
     @property
     def invalid(self) -> int:
-        return self._invalid
+        self._expire()
+        return len(self._invalid_at)
+
+    def _expire(self) -> None:
+        invalid_at, oldest = self._invalid_at, self._seen - self._window
+        while invalid_at and invalid_at[0] < oldest:
+            invalid_at.popleft()
 
     def observe(self, valid: bool) -> None:
         """Count one message; raise `TooManyInvalid` when the window is over the limit."""
-        recent = self._recent
-        if len(recent) == recent.maxlen and not recent[0]:
-            self._invalid -= 1
-        recent.append(valid)
-        if not valid:
-            self._invalid += 1
-            seen = len(recent)
-            if seen >= self.min_messages and self._invalid > self.max_ratio * seen:
-                raise TooManyInvalid(
-                    f"{self._invalid} of the last {seen} messages could not be decoded "
-                    f"(limit {self.max_ratio:.0%}): stopping instead of dead-lettering everything; "
-                    "check the producers' wire format and schemas, or upgrade this consumer"
-                )
+        self._seen += 1
+        if valid:
+            return
+        self._invalid_at.append(self._seen - 1)
+        self._expire()
+        invalid, seen = len(self._invalid_at), min(self._seen, self._window)
+        if seen >= self.min_messages and invalid > self.max_ratio * seen:
+            raise TooManyInvalid(
+                f"{invalid} of the last {seen} messages could not be decoded "
+                f"(limit {self.max_ratio:.0%}): stopping instead of dead-lettering everything; "
+                "check the producers' wire format and schemas, or upgrade this consumer"
+            )
 
 
 @dataclass(frozen=True, slots=True)
