@@ -117,17 +117,21 @@ class RiskEngine:
         """Learn of a decision taken elsewhere (an operator, an alert) about a principal.
 
         A block counts as in force, so the engine does not repeat it; an unblock ends the block and
-        forgives the principal's score, which otherwise would block it again on its next event. A
-        decision without a tenant is about the principal in every tenant.
+        forgives the principal's score and current request rate (not its baseline), either of which
+        would otherwise block it again on its next event. A decision without a tenant is about the
+        principal in every tenant.
         """
         self._blocks.note(decision)
         if decision.scope is not DecisionScope.PRINCIPAL or decision.action is not DecisionAction.UNBLOCK:
             return
         if decision.tenant is not None:
-            self._principals.pop((decision.tenant, decision.subject), None)
+            forgiven = [(decision.tenant, decision.subject)]
         else:  # every tenant's: a scan, but unblocks are rare
-            for known in [k for k in self._principals if k[1] == decision.subject]:
-                del self._principals[known]
+            forgiven = [k for k in self._principals if k[1] == decision.subject]
+        for key in forgiven:
+            self._principals.pop(key, None)
+            if self.rate is not None:
+                self.rate.forgive(key)
 
     def state_sizes(self) -> dict[str, int]:
         """Entries held per state map (each bounded by a `max_*` setting)."""

@@ -83,6 +83,13 @@ class RequestRate:
         strength = min(ramp(rate, s.min_rate_per_s, s.full_rate_per_s), ramp(z, s.z_min, s.z_full))
         return Hit(NAME, strength) if strength > 0.0 else None
 
+    def forgive(self, subject: Hashable) -> None:
+        """Drop `subject`'s current rate, keeping its baseline (an operator lifted the block a burst
+        caused: the burst's echo in the decaying rate must not block it again at its next call)."""
+        state = self._state.get(subject)
+        if state is not None:
+            state.current = 0.0
+
     def baseline(self, subject: Hashable) -> tuple[float, float] | None:
         """(mean, standard deviation) of `subject`'s per-bucket rate, for inspection and tests."""
         state = self._state.get(subject)

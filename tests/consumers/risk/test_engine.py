@@ -277,6 +277,23 @@ def test_an_operator_unblock_forgives_and_a_foreign_block_is_not_repeated() -> N
     assert engine.active_blocks(T0 + 8 * SECOND) == []
 
 
+def test_an_unblock_right_after_a_burst_is_not_undone_by_the_next_ordinary_calls() -> None:
+    """For seconds after a burst its echo keeps the current rate high: the unblock forgives that too."""
+    events = burst_scenario()
+    burst_end = max(e.ts_us for e in events if e.principal == "alice")
+    engine = RiskEngine()
+    [block] = decisions(run(engine, [e for e in events if e.ts_us <= burst_end]))
+    assert block.subject == "alice" and "request_rate" in block.reason
+    engine.note_decision(Decision(ts=burst_end + 1, decision_id="op-1", action=DecisionAction.UNBLOCK,
+                                  scope=DecisionScope.PRINCIPAL, subject="alice", tenant="acme",
+                                  source=DecisionSource.OPERATOR, actor="soc"))  # fmt: skip
+    out = run(engine, calls(burst_end + SECOND // 10, 10, SECOND // 2, "alice", VARIED))
+    assert decisions(out) == [] and all(s.score < 40 for s in scores(out))
+    # A burst after the unblock is judged afresh: blocked again.
+    [again] = decisions(run(engine, calls(burst_end + 10 * SECOND, 200, 25_000, "alice")))
+    assert again.subject == "alice" and again.decision_id != block.decision_id
+
+
 @pytest.mark.parametrize("disabled", ["request_rate", "injection_marker"])
 def test_a_disabled_signal_never_fires(disabled: str) -> None:
     settings = RiskSettings.model_validate({disabled: {"enabled": False}})
