@@ -1,5 +1,9 @@
 """The compliance commands: `mcpgw audit query|verify|export`, `mcpgw consume audit|risk`, `mcpgw replay`.
 
+`replay` rebuilds what is a projection of the log in the store: `audit.events` (and the tables
+derived from it) from `mcp.events`, `audit.risk_scores` from `mcp.risk`, `audit.decisions` from
+`mcp.decisions`.
+
 `audit query` opens the store itself, except when the store is the embedded one and a running
 gateway holds its lock (chDB admits one process per directory): then the SQL goes to that
 gateway's `POST /admin/audit/query` (admin token from --admin-token or $MCPGW_ADMIN_TOKEN), so the
@@ -28,7 +32,7 @@ from eventlog.embedded.log import EmbeddedLog
 from mcpgw import operator_cli
 from mcpgw.audit_runtime import caught_up, start_audit_consumer
 from mcpgw.config import EmbeddedLogConfig, GatewayConfig
-from mcpgw.risk_runtime import start_risk
+from mcpgw.risk_runtime import replay_projections, start_risk
 from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
 
@@ -106,17 +110,22 @@ async def _consume(config: GatewayConfig, role: str = "audit") -> int:
 
 
 async def _replay(config: GatewayConfig) -> int:
-    """Run the audit consumer from the beginning under its own group until it has caught up."""
+    """Run the audit consumer, then the risk and decision projections, from the beginning under
+    groups of their own until each has caught up."""
     async with AsyncExitStack() as stack:
         local = await _local_log(config, stack)
+        run_id = uuid.uuid4().hex[:12]
         # A group of its own, new each time, reads the whole log; what is already stored is not
         # written again (dedup tokens and the replay guard), so a second replay changes nothing.
-        running = await start_audit_consumer(config, local, stack, group=f"audit-replay-{uuid.uuid4().hex[:12]}")
+        running = await start_audit_consumer(config, local, stack, group=f"audit-replay-{run_id}")
         done = await caught_up(running, local, timeout_s=3600)
+        projected = await replay_projections(local, running.store, run_id, timeout_s=3600)
         metrics = running.audit.metrics
         print(json.dumps({"consumed": metrics.consumed, "inserted": metrics.inserted,
-                          "already_stored": metrics.already_written, "complete": done}))
-        return 0 if done else 1
+                          "already_stored": metrics.already_written,
+                          "complete": done and all(p.complete for p in projected),
+                          "projections": {p.table: p.summary() for p in projected}}))
+        return 0 if done and all(p.complete for p in projected) else 1
 
 
 async def _local_log(config: GatewayConfig, stack: AsyncExitStack) -> EmbeddedLog | None:

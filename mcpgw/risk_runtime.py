@@ -6,6 +6,10 @@ to `mcp.risk` and decisions to `mcp.decisions`; it needs only the log, so it run
 store is down. The projections (groups `risk-projection`, `decisions-projection`) copy those two
 topics into `audit.risk_scores` and `audit.decisions`; they open the store on their own task,
 retrying while it is unavailable, and catch up from the topics once it is back.
+
+`replay_projections` (for `mcpgw replay`) reruns the projections from the beginning of their topics
+under groups of their own: the tables are projections of the log, so they can be rebuilt from it,
+and the writers skip the rows already stored, so a replay writes nothing twice.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ import contextlib
 import logging
 from collections.abc import Sequence
 from contextlib import AsyncExitStack
+from dataclasses import dataclass
 from typing import Any
 
 from consumers.pipeline import ConsumerMetrics, Rebalance, RetryPolicy
@@ -36,6 +41,7 @@ RISK_GROUP = "risk"
 # that wait is on the path from a triggering event to its block (target: p95 under a second).
 RISK_FETCH_MAX_WAIT_MS = 20
 STOP_TIMEOUT_S = 35.0
+PROJECTION_SPECS: Sequence[ProjectionSpec[Any]] = (RISK_PROJECTION, DECISIONS_PROJECTION)
 
 
 class RunningRisk:
@@ -106,13 +112,13 @@ async def _project(config: GatewayConfig, kafka: KafkaSettings | None, local_log
         if store is None:
             return
         stack.push_async_callback(store.close)
-        specs: Sequence[ProjectionSpec[Any]] = (RISK_PROJECTION, DECISIONS_PROJECTION)
-        for spec in specs:
+        for spec in PROJECTION_SPECS:
             rebalance = Rebalance()
             consumer = _consumer(kafka, local_log, spec.name, [spec.topic], rebalance)
             stack.push_async_callback(consumer.close)
             running.projections.append(Projection(spec, consumer, store, dlq, rebalance=rebalance))
-        log.info("risk projections writing %s to %s", ", ".join(s.table for s in specs), type(store).__name__)
+        log.info("risk projections writing %s to %s", ", ".join(s.table for s in PROJECTION_SPECS),
+                 type(store).__name__)
         await asyncio.gather(*(p.run(running.stop) for p in running.projections))
 
 
@@ -162,6 +168,64 @@ def _consumer(kafka: KafkaSettings | None, local_log: EmbeddedLog | None, group:
 def _report(task: asyncio.Task[None], what: str) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("%s stopped: %s", what, task.exception(), exc_info=task.exception())
+
+
+@dataclass(frozen=True, slots=True)
+class ReplayedProjection:
+    table: str
+    metrics: ConsumerMetrics
+    complete: bool  # committed everything its topic held when the replay started
+
+    def summary(self) -> dict[str, int | bool]:
+        m = self.metrics
+        # The writer counts what it skipped as `already_written`; `inserted` counts every row handed to it.
+        return {"consumed": m.consumed, "inserted": m.inserted - m.already_written,
+                "already_stored": m.already_written, "complete": self.complete}
+
+
+async def replay_projections(local_log: EmbeddedLog | None, store: AuditStore, run_id: str,
+                             timeout_s: float) -> list[ReplayedProjection]:
+    """Project `mcp.risk` and `mcp.decisions` into an open `store` again, from their beginning.
+
+    Each topic is read under a new group (`<projection>-replay-<run_id>`) until it has committed what
+    the topic held when called. Only the embedded log can say where a topic ends; on Kafka nothing
+    is read and every projection is reported incomplete.
+    """
+    if local_log is None:
+        return [ReplayedProjection(spec.table, ConsumerMetrics(), False) for spec in PROJECTION_SPECS]
+    async with AsyncExitStack() as stack:
+        dlq = await _producer(None, local_log, stack)
+        stop = asyncio.Event()
+        projections: list[Projection[Any]] = []
+        for spec in PROJECTION_SPECS:
+            consumer = local_log.consumer(f"{spec.name}-replay-{run_id}", [spec.topic])
+            stack.push_async_callback(consumer.close)
+            projections.append(Projection(spec, consumer, store, dlq))
+        tasks = [asyncio.create_task(p.run(stop), name=f"replay-{p.spec.name}") for p in projections]
+        try:
+            done = await asyncio.gather(*(_caught_up(p, task, local_log, timeout_s)
+                                          for p, task in zip(projections, tasks, strict=True)))
+        finally:
+            stop.set()
+            failures = await asyncio.gather(*tasks, return_exceptions=True)
+        for p, failure in zip(projections, failures, strict=True):
+            if isinstance(failure, BaseException):
+                log.error("replaying %s stopped: %s", p.spec.table, failure)
+        return [ReplayedProjection(p.spec.table, p.metrics, ok and not isinstance(failure, BaseException))
+                for p, ok, failure in zip(projections, done, failures, strict=True)]
+
+
+async def _caught_up(projection: Projection[Any], task: asyncio.Task[None], local_log: EmbeddedLog,
+                     timeout_s: float) -> bool:
+    """`committed_through`, but giving up as soon as the projection's task ended (it failed)."""
+    waiting = asyncio.create_task(committed_through(projection.metrics, local_log, projection.spec.topic, timeout_s))
+    await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
+    if not waiting.done():
+        waiting.cancel()
+        with contextlib.suppress(asyncio.CancelledError):
+            await waiting
+        return False
+    return waiting.result()
 
 
 async def committed_through(metrics: ConsumerMetrics, local_log: EmbeddedLog, topic: str, timeout_s: float) -> bool:
