@@ -21,6 +21,7 @@ SQL is what was asked, and the audit trail must not grow copies of itself.
 from __future__ import annotations
 
 import base64
+import dataclasses
 import hashlib
 import hmac
 import logging
@@ -41,6 +42,7 @@ from ingress.grafana_alerts import GrafanaAlertReceiver, Rejected
 from ingress.jsonrpc import JsonObject
 from ingress.sink import SinkUnavailable
 from ingress.upstreams.base import CallContext
+from schemas.decisions import Decision, DecisionAction
 from schemas.events import Outcome, new_event_id
 
 log = logging.getLogger("mcpgw.admin")
@@ -210,13 +212,28 @@ class AdminApi:
         failed = await audit.received(raw)
         if failed is not None:
             return failed
+        # An unblock naming no tenant means "this subject, wherever it is blocked": blocks confined
+        # to one tenant (the risk engine's always are) are separate keys, lifted one by one.
+        decisions = [decision, *self._tenant_unblocks(decision)]
         try:
-            await self.gateway.decisions.publish(decision)
+            for each in decisions:
+                await self.gateway.decisions.publish(each)
         except LogError as exc:
             log.error("decision %s not recorded: %s", decision_id, exc)
             return await audit.answer(503, {"error": f"the decision could not be recorded, so it is not in force: "
                                                      f"{exc}; retry later"}, Outcome.ERROR)
-        return await audit.answer(201, {"decision": decision_json(decision)})
+        answer: dict[str, Any] = {"decision": decision_json(decision)}
+        if len(decisions) > 1:
+            answer["lifted"] = [decision_json(d) for d in decisions[1:]]
+        return await audit.answer(201, answer)
+
+    def _tenant_unblocks(self, unblock: Decision) -> list[Decision]:
+        if unblock.action is not DecisionAction.UNBLOCK or unblock.tenant is not None:
+            return []
+        confined = sorted({d.tenant for d in self.gateway.decisions.active()
+                           if d.scope is unblock.scope and d.subject == unblock.subject and d.tenant is not None})
+        return [dataclasses.replace(unblock, tenant=tenant, decision_id=f"{unblock.decision_id}-{i}")
+                for i, tenant in enumerate(confined, 1)]
 
     async def list_decisions(self, request: web.Request) -> web.Response:
         audit = await self._admitted(request, "admin/decisions/list")

@@ -155,6 +155,18 @@ async def test_a_block_confined_to_another_tenant_does_not_apply(gw: RunningGate
     assert_blocked_by(await modern_call(http, gw.url, TOOL, ARGS, extra=ALICE), decision)
 
 
+async def test_an_unblock_naming_no_tenant_lifts_the_subject_in_every_tenant(
+        gw: RunningGateway, http: aiohttp.ClientSession) -> None:
+    block = await decide(http, gw, scope="principal", subject="alice", tenant="acme")
+    assert_blocked_by(await modern_call(http, gw.url, TOOL, ARGS, extra=ALICE), block)
+    status, answer, _ = await admin(http, gw, "POST", "/admin/decisions",
+                                    {"action": "unblock", "scope": "principal", "subject": "alice", "reason": "ok"})
+    assert status == 201, answer
+    assert answer["decision"]["tenant"] is None
+    assert [(d["action"], d["tenant"]) for d in answer["lifted"]] == [("unblock", "acme")]
+    assert_ok(await modern_call(http, gw.url, TOOL, ARGS, extra=ALICE))
+
+
 async def test_a_block_with_a_ttl_lifts_by_itself(gw: RunningGateway, http: aiohttp.ClientSession) -> None:
     decision = await decide(http, gw, scope="principal", subject="bob", ttl_s=0.5)
     assert decision["expires_at"] - decision["ts"] == 500_000

@@ -124,9 +124,9 @@ async def test_a_burst_blocks_its_principal_until_an_operator_unblocks_it(tmp_pa
 
                 # At once, while the burst is still fresh in the engine's rate: forgiven with the score.
                 # The block is confined to alice's tenant (the engine blocks a principal within its
-                # tenant), so the unblock names it; `mcpgw decisions` lists the tenant.
+                # tenant); an unblock naming no tenant lifts it there too, as its own decision.
                 operator(gateway.config_path, "unblock", "--scope", "principal", "--subject", "alice",
-                         "--tenant", "acme", "--reason", "burst reviewed")
+                         "--reason", "burst reviewed")
                 bob.phase = "alice unblocked"
                 await baseline(http, gateway, "alice", 2.0)  # every call answered: restored, and not re-blocked
                 # carol's own block is published only after everything recorded before her poisoned
@@ -140,9 +140,10 @@ async def test_a_burst_blocks_its_principal_until_an_operator_unblocks_it(tmp_pa
             # The audit trail, read through the running gateway's admin API.
             decisions = await rows_when(
                 lambda: admin_query(http, gateway, "SELECT decision_id, action, tenant, source, actor, risk_score "
-                                    "FROM audit.decisions WHERE subject = 'alice' ORDER BY ts"),
-                lambda rows: len(rows) == 2, 30, "alice's block and unblock in audit.decisions")
-            block, unblock = decisions
+                                    "FROM audit.decisions WHERE subject = 'alice' ORDER BY ts, decision_id"),
+                lambda rows: len(rows) == 3, 30, "alice's block and unblocks in audit.decisions")
+            block, unblock_all, unblock = decisions
+            assert (unblock_all["action"], unblock_all["tenant"]) == ("unblock", None)
             assert block == {"decision_id": decision_id, "action": "block", "tenant": "acme", "source": "risk_engine",
                              "actor": "rule:score_over_threshold", "risk_score": block["risk_score"]}
             assert block["risk_score"] >= 80
