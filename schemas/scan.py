@@ -104,8 +104,21 @@ class BodyScanner:
             "wide": wide_varint, "length": length, "index": index, "skip": skip_varint,
             "Malformed": MalformedMessageError,
         }  # fmt: skip
+        strict = self._function("strict", parsed, regions=False)
+        namespace = dict(self._constants)
+        exec(compile(strict, f"<BodyScanner {parsed['name']} strict>", "exec"), namespace)
+        self._constants["strict"] = namespace["strict"]
+        self.source = self._function("scan", parsed, regions=True)
+        namespace = dict(self._constants)
+        exec(compile(self.source, f"<BodyScanner {parsed['name']}>", "exec"), namespace)
+        self._scan = cast(Callable[[bytes, int], tuple[Any, ...]], namespace["scan"])
+
+    def _function(self, name: str, parsed: Schema, *, regions: bool) -> str:
+        """The text of a scanning function; see `_emit` for `regions`."""
+        self._regions = regions
         src = _Source()
-        src.emit(0, "def scan(d, p):")
+        src.emit(0, f"def {name}(d, p):")
+        src.emit(1, "start = a = p")
         src.emit(1, "texts = []")
         src.emit(1, "try:")
         picked: dict[str, str] = {}
@@ -123,17 +136,20 @@ class BodyScanner:
         src.emit(1, "if p != len(d):")
         src.emit(2, "raise Malformed(f'{len(d) - p} bytes left after the record' if p < len(d) "
                     "else 'the body ends inside a value')")  # fmt: skip
-        # One decode for all strings: an ASCII separator stops a sequence cut short in one string
-        # from being completed by the next, so the joined text is valid UTF-8 iff every string is.
-        src.emit(1, "try:")
-        src.emit(2, "b'\\n'.join(texts).decode()")
-        src.emit(1, "except UnicodeDecodeError as exc:")
-        src.emit(2, "raise Malformed(f'a string is not UTF-8: {exc}') from None")
+        if regions:
+            # All ASCII, so every string is UTF-8; otherwise the strict scan looks at each string.
+            src.emit(1, "texts.append(d[a:p])")
+            src.emit(1, "if not b''.join(texts).isascii():")
+            src.emit(2, "return strict(d, start)")
+        else:
+            # One decode for all strings: an ASCII separator stops a sequence cut short in one string
+            # from being completed by the next, so the joined text is valid UTF-8 iff every string is.
+            src.emit(1, "try:")
+            src.emit(2, "b'\\n'.join(texts).decode()")
+            src.emit(1, "except UnicodeDecodeError as exc:")
+            src.emit(2, "raise Malformed(f'a string is not UTF-8: {exc}') from None")
         src.emit(1, f"return ({''.join(picked[name] + ', ' for name in self.pick)})")
-        self.source = "\n".join(src.lines)
-        namespace = dict(self._constants)
-        exec(compile(self.source, f"<BodyScanner {parsed['name']}>", "exec"), namespace)
-        self._scan = cast(Callable[[bytes, int], tuple[Any, ...]], namespace["scan"])
+        return "\n".join(src.lines)
 
     def scan(self, data: bytes, start: int = 0) -> tuple[Any, ...]:
         return self._scan(data, start)
@@ -154,26 +170,42 @@ class BodyScanner:
 
     # Each reader below starts with the common case, a varint of one byte with a small non-negative
     # value (an even byte under 0x80), and calls a helper for anything else.
+    #
+    # Strings must be UTF-8. The strict scan keeps every string and decodes them all at the end. The
+    # fast one (`regions`) keeps the runs of the body between the bytes that may be above 0x7F
+    # without being text (varints of two bytes or more, bytes, fixed and floating-point values) and
+    # only checks they are ASCII, which most bodies' texts are; when they are not, it hands the body
+    # to the strict scan. `a` is where the current run started; `cut` ends it before the value at `q`.
+
+    def _cut(self, q: str) -> str:
+        return f"texts.append(d[a:{q}]); " if self._regions else ""
+
+    def _resume(self) -> str:
+        return "; a = p" if self._regions else ""
 
     def _long(self, src: _Source, indent: int, var: str) -> None:
         src.emit(indent, f"{var} = d[p]; p += 1")
         src.emit(indent, f"if {var} < 0x80: {var} = ({var} >> 1) ^ -({var} & 1)")
-        src.emit(indent, f"else: {var}, p = wide(d, p, {var})")
+        src.emit(indent, f"else: {self._cut('p - 1')}{var}, p = wide(d, p, {var}){self._resume()}")
 
-    def _length(self, src: _Source, indent: int, var: str) -> None:
+    def _length(self, src: _Source, indent: int, var: str, *, text: bool) -> None:
         # Two bytes inline too: hex digests (64 characters) and payloads have two-byte lengths.
+        cut = self._cut("p - 1") if text else ""
+        resume = self._resume() if text else ""
         src.emit(indent, f"{var} = d[p]; p += 1")
         src.emit(indent, f"if {var} < 0x80 and not {var} & 1: {var} >>= 1")
-        src.emit(indent, f"elif {var} & 0x81 == 0x80 and d[p] < 0x80: {var} = ({var} & 0x7E | d[p] << 7) >> 1; p += 1")
-        src.emit(indent, f"else: {var}, p = length(d, p, {var})")
+        src.emit(indent, f"elif {var} & 0x81 == 0x80 and d[p] < 0x80: "
+                         f"{cut}{var} = ({var} & 0x7E | d[p] << 7) >> 1; p += 1{resume}")  # fmt: skip
+        src.emit(indent, f"else: {cut}{var}, p = length(d, p, {var}){resume}")
 
     def _index(self, src: _Source, indent: int, var: str, count: int, what: str, *, value: bool = True) -> None:
+        slow = f"{self._cut('p - 1')}{var}, p = index(d, p, {var}, {count}, '{what}'){self._resume()}"
         src.emit(indent, f"{var} = d[p]; p += 1")
         if value:
             src.emit(indent, f"if {var} < {2 * count} and not {var} & 1: {var} >>= 1")
-            src.emit(indent, f"else: {var}, p = index(d, p, {var}, {count}, '{what}')")
+            src.emit(indent, f"else: {slow}")
         else:
-            src.emit(indent, f"if {var} >= {2 * count} or {var} & 1: {var}, p = index(d, p, {var}, {count}, '{what}')")
+            src.emit(indent, f"if {var} >= {2 * count} or {var} & 1: {slow}")
 
     def _emit(self, src: _Source, indent: int, schema: Any, target: str | None, records: tuple[str, ...]) -> None:
         """Code that reads one value of `schema` at `p`, leaving `p` after it; `target` gets the value."""
@@ -190,21 +222,27 @@ class BodyScanner:
             else:
                 src.emit(indent, "p += 1")
                 src.emit(indent, "if d[p - 1] & 0x80:")
-                src.emit(indent + 1, "q = p - 1")
+                src.emit(indent + 1, f"q = p - 1{'; texts.append(d[a:q])' if self._regions else ''}")
                 src.emit(indent + 1, "while d[p] & 0x80: p += 1")
-                src.emit(indent + 1, "p += 1")
+                src.emit(indent + 1, f"p += 1{self._resume()}")
                 src.emit(indent + 1, "if p - q > 9: skip(d, q + 1)")  # ten bytes or more: is it too wide?
         elif kind in ("float", "double", "fixed"):
             size = {"float": 4, "double": 8}.get(kind) or int(schema["size"])
-            src.emit(indent, f"p += {size}")
+            src.emit(indent, f"{self._cut('p')}p += {size}{self._resume()}")
             src.emit(indent, "d[p - 1]")  # raises IndexError when the value runs past the body
-        elif kind in ("string", "bytes"):
+        elif kind == "bytes":
             n = src.var("n")
-            self._length(src, indent, n)
-            if kind == "string":
+            if self._regions:
+                src.emit(indent, "texts.append(d[a:p])")
+            self._length(src, indent, n, text=False)
+            src.emit(indent, f"p += {n}{self._resume()}")
+        elif kind == "string":
+            n = src.var("n")
+            self._length(src, indent, n, text=True)
+            if not self._regions:
                 src.emit(indent, f"if {n}: texts.append(d[p:p + {n}])")
-                if target:
-                    src.emit(indent, f"{target} = d[p:p + {n}].decode()")
+            if target:
+                src.emit(indent, f"{target} = d[p:p + {n}].decode()")
             src.emit(indent, f"p += {n}")
         elif kind == "enum":
             i = src.var("i")
@@ -234,9 +272,7 @@ class BodyScanner:
             self._long(src, indent + 2, block)
             src.emit(indent + 1, f"for _ in range({count}):")
             if kind == "map":
-                key = src.var("n")
-                self._length(src, indent + 2, key)
-                src.emit(indent + 2, f"texts.append(d[p:p + {key}]); p += {key}")
+                self._emit(src, indent + 2, "string", None, records)
             self._emit(src, indent + 2, schema["items"] if kind == "array" else schema["values"], None, records)
         else:
             raise NotImplementedError(f"Avro type {kind!r}")

@@ -116,6 +116,22 @@ def test_refuses_a_string_that_is_not_utf8() -> None:
         scan(body)
 
 
+STRING_FIELDS = [f["name"] for f in catalog.schema(catalog.GATEWAY_EVENT)["fields"] if f["type"] == "string"]
+
+
+@pytest.mark.parametrize("field", STRING_FIELDS)
+def test_every_string_field_is_checked(field: str) -> None:
+    """Wherever it sits (first, after a wide varint, after a two-byte length, last), a string is UTF-8-checked."""
+    attribute = "ts_us" if field == "ts" else field
+    good = event(**{attribute: "x\u00e9y" * 30})  # long enough for a two-byte length too
+    body = body_of(good)
+    assert scan(body) == (good.event_type.value, good.event_id, good.ts_us)  # non-ASCII, valid: accepted
+    at = body.index("\u00e9".encode())
+    body[at : at + 2] = b"\xff\xfe"
+    with pytest.raises(MalformedMessageError, match="not UTF-8"):
+        scan(body)
+
+
 def test_a_utf8_sequence_split_over_two_strings_is_two_bad_strings() -> None:
     # "é" is C3 A9: the first string ends with C3, the next begins with A9. Joined they would decode.
     body = body_of(event(resource_uri="x\u00e9", prompt_name="yy"))
