@@ -1,6 +1,7 @@
 """The audit consumer: `mcp.events` → the append-only audit store.
 
-    Decode(EventCodec) ─▶ Map(route) ─▶ Batch ─▶ ReplayGuard ─▶ Insert(audit tables) ─▶ Commit
+    Decode(EventBodies) ─────────────────┬─▶ Batch ─▶ ReplayGuard ─▶ Insert(audit tables) ─▶ Commit
+    Decode(EventCodec) ─▶ Map(route) ────┘   (the Avro path, or the row path: see below)
          │ CodecError
          ▼
     DeadLetter → mcp.events.dlq (JSON envelope: reason, original topic/partition/offset, key, value)
