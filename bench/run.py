@@ -701,6 +701,9 @@ async def profile_gateway(
         str(int(seconds) + 2),
         "-f",
         "raw",
+        # Only the thread holding the GIL: a thread blocked in a lock, a queue or fsync is not
+        # running Python, and without this py-spy counts some such waits as samples.
+        "--gil",
         "-o",
         str(raw),
         stdout=asyncio.subprocess.DEVNULL,

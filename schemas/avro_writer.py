@@ -37,6 +37,10 @@ class UnsupportedSchema(ValueError):
 
 def _varint(n: int) -> bytes:
     """Avro's variable-length zigzag encoding of an already zigzagged non-negative int."""
+    if n >= 1 << 28:
+        # Timestamps (eight bytes): four 7-bit groups at a time, the rest by the same rule.
+        return bytes((n & 0x7F | 0x80, n >> 7 & 0x7F | 0x80, n >> 14 & 0x7F | 0x80, n >> 21 & 0x7F | 0x80)) + _varint(
+            n >> 28)
     out = bytearray()
     while n > 0x7F:
         out.append((n & 0x7F) | 0x80)
@@ -103,7 +107,7 @@ class _Codegen:
     def __init__(self) -> None:
         self.env: dict[str, Any] = {
             "_long": _long, "_int": _int, "_string": _string, "_bytes": _bytes,
-            "_double": _DOUBLE, "_float": _FLOAT,
+            "_double": _DOUBLE, "_float": _FLOAT, "_sv": _SMALL_VARINTS,
         }  # fmt: skip
 
     def helper(self, value: Any) -> str:
@@ -131,10 +135,12 @@ class _Codegen:
                 return f"({null_bytes!r} if {var} is None else {other_bytes!r} + {inner})"
             raise UnsupportedSchema(f"union {t!r}: only null plus one type")
         if t == "string":
-            # Most of an event's strings are empty: skip the call for them (None still fails in _string).
-            return f"(b'\\x00' if {var} == '' else _string({var}))"
+            # Inline, not a call per field: an empty string is one byte; a short one its length from
+            # the table and its UTF-8 (`_string` takes the rest, and refuses what is not a string).
+            return (f"(b'\\x00' if {var} == '' else _sv[_n] + _u if type({var}) is str and "
+                    f"(_n := len(_u := {var}.encode())) < {_SMALL} else _string({var}))")
         if t == "long":
-            return f"_long({var})"
+            return f"(_sv[{var}] if type({var}) is int and 0 <= {var} < {_SMALL} else _long({var}))"
         if t == "int":
             return f"_int({var})"
         if t == "boolean":

@@ -53,6 +53,7 @@ _NONE, _LENGTH, _CHUNKED, _EOF = 0, 1, 2, 3
 # Chunked decoder states
 _SIZE, _DATA, _DATA_END, _TRAILER = 0, 1, 2, 3
 _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
+_FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length", "connection", "content-encoding", "content-type"})
 
 
 class ConnectFailed(aiohttp.ClientConnectionError):
@@ -70,17 +71,25 @@ class BadResponse(aiohttp.ClientError):
 class Http1Response:
     """What the connector needs of an answer: the aiohttp `ClientResponse` attributes it reads."""
 
-    __slots__ = ("_body", "_conn", "content", "content_type", "headers", "reason", "status")
+    __slots__ = ("_body", "_conn", "_headers", "_pairs", "content", "content_type", "reason", "status")
 
-    def __init__(self, status: int, reason: str, headers: CIMultiDictProxy[str], content_type: str,
+    def __init__(self, status: int, reason: str, pairs: list[tuple[str, str]], content_type: str,
                  conn: _Connection) -> None:
         self.status = status
         self.reason = reason
-        self.headers = headers
+        self._pairs = pairs
+        self._headers: CIMultiDictProxy[str] | None = None
         self.content_type = content_type
         self._conn: _Connection | None = conn
         self._body: bytes | None = None
         self.content: aiohttp.StreamReader | None = None  # set when the body is streamed
+
+    @property
+    def headers(self) -> CIMultiDictProxy[str]:
+        # Built on first use: most answers are read for their body only.
+        if self._headers is None:
+            self._headers = CIMultiDictProxy(CIMultiDict(self._pairs))
+        return self._headers
 
     async def read(self) -> bytes:
         if self._body is None:
@@ -240,15 +249,21 @@ class _Connection(asyncio.Protocol):
         if 100 <= status < 200 and status != 101:
             return  # interim response (100 Continue, 103 Early Hints): the real one follows
         pairs: list[tuple[str, str]] = []
+        # The first value of each header framing needs (what CIMultiDict.get would return), picked
+        # out while splitting: the multidict itself is built only if a caller asks for headers.
+        framing_headers: dict[str, str] = {}
         for line in lines[1:]:
             name, sep, value = line.partition(":")
             if not sep or not name or name[-1] in " \t" or name[0] in " \t":
                 raise BadResponse(f"invalid header line {line[:100]!r}")
-            pairs.append((name, value.strip(" \t")))
-        headers = CIMultiDict(pairs)
+            value = value.strip(" \t")
+            pairs.append((name, value))
+            low = name.lower()
+            if low in _FRAMING_HEADERS and low not in framing_headers:
+                framing_headers[low] = value
         framing = _EOF
         length = 0
-        te = headers.get("Transfer-Encoding")
+        te = framing_headers.get("transfer-encoding")
         if status in (101, 204, 304):
             framing = _NONE if status != 101 else _EOF
         elif te is not None:
@@ -258,28 +273,28 @@ class _Connection(asyncio.Protocol):
                     raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
                 framing = _CHUNKED
         else:
-            cl = headers.get("Content-Length")
+            cl = framing_headers.get("content-length")
             if cl is not None:
                 values = {v.strip() for v in cl.split(",")} if "," in cl else {cl}
                 if len(values) != 1 or not (value := values.pop()).isdigit():
                     raise BadResponse(f"invalid Content-Length {cl!r}")
                 length = int(value)
                 framing = _LENGTH if length else _NONE
-        connection = headers.get("Connection", "")
+        connection = framing_headers.get("connection", "")
         self.keep_alive = (version == "HTTP/1.1" and framing != _EOF
                            and "close" not in connection.lower())
-        encoding = headers.get("Content-Encoding", "").strip().lower()
+        encoding = framing_headers.get("content-encoding", "").strip().lower()
         if encoding in ("", "identity"):
             self.decoder = None
         elif encoding in ("gzip", "x-gzip", "deflate"):
             self.decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
         else:
             raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
-        content_type = headers.get("Content-Type", "").partition(";")[0].strip().lower()
+        content_type = framing_headers.get("content-type", "").partition(";")[0].strip().lower()
         self.framing = framing
         self.remaining = length
         self.chunk_state = _SIZE
-        response = Http1Response(status, reason, CIMultiDictProxy(headers), content_type, self)
+        response = Http1Response(status, reason, pairs, content_type, self)
         self.response = response
         self.buffered = framing in (_NONE, _LENGTH) and content_type != _EVENT_STREAM
         if not self.buffered:
