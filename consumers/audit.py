@@ -88,9 +88,10 @@ WRITTEN_SQL = (
 
 @dataclass(frozen=True, slots=True)
 class AuditSettings:
-    # Records per batch (one insert per table). Big, because ClickHouse's cost per insert is high
-    # (one part per insert, merged later); under light traffic `max_wait_s` cuts batches instead.
-    max_rows: int = 10_000
+    # Records per batch (one insert per table). Big, because each insert makes a part that merges
+    # rewrite later: 20,000 rows halve the merge work of 10,000 (bench/RESULTS.md); under lighter
+    # traffic `max_wait_s` cuts batches first.
+    max_rows: int = 20_000
     max_wait_s: float = 1.0  # how stale the store may be behind the log when traffic is light
     max_records_per_poll: int = 2_000
     # Read and check the next batch while ClickHouse inserts the last one (consumers/pipeline/insert.py).

@@ -110,6 +110,7 @@ class Insert(Forward[ValuesBatch[T]]):
             await self.next.submit(item)
         elif self._overlap:
             self._writing = (asyncio.ensure_future(self._written(item)), item)
+            await asyncio.sleep(0)  # let the write start (hand its work to the store's thread) right away
         else:
             await self._written(item)
             await self.next.submit(item)

@@ -141,5 +141,9 @@ async def _feed(
                 await strategy.join()
                 raise
             await strategy.poll()
+        # A poll that finds records waiting returns without suspending, so without this a write
+        # running in the background (Insert(overlap=True)) would not get to its next step until the
+        # chain waits for it.
+        await asyncio.sleep(0)
     async with rebalance.lock:
         await strategy.join()

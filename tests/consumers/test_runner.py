@@ -11,7 +11,7 @@ import asyncio
 import pytest
 
 from consumers.audit import AuditConsumer, AuditSettings
-from consumers.pipeline import Rebalance, RetryPolicy
+from consumers.pipeline import Rebalance, RetryPolicy, run_consumer
 from consumers.store.base import StoreQueryError
 from eventlog.base import TOPIC_EVENTS
 from eventlog.embedded import EmbeddedLog
@@ -87,3 +87,35 @@ async def test_stop_gives_up_after_the_shutdown_timeout_when_the_store_is_down(l
     await asyncio.wait_for(task, 5)  # returns (logged), does not hang
     assert [await consumer.committed(tp) for tp in consumer.assignment()] == [None, None]
     assert store.event_ids() == []
+
+
+async def test_background_work_runs_between_polls_while_records_keep_coming(log: EmbeddedLog) -> None:
+    """An overlapped write must progress while the loop is busy: the log's poll does not suspend."""
+    await append_events(log.producer(), make_events(300, sessions=1))
+    loop = asyncio.get_running_loop()
+    background: list[int] = []  # how many records had been submitted when the callback ran
+    submitted: list[int] = []
+
+    class Strategy:
+        async def submit(self, item: object) -> None:
+            submitted.append(1)
+            if len(submitted) == 1:
+                loop.call_soon(lambda: background.append(len(submitted)))
+
+        async def poll(self) -> None:
+            pass
+
+        async def join(self) -> None:
+            pass
+
+        async def close(self) -> None:
+            pass
+
+    stop = asyncio.Event()
+    consumer = log.consumer("audit", [TOPIC_EVENTS])
+    task = asyncio.create_task(run_consumer(consumer, Strategy(), stop, max_records=100, poll_timeout_s=0.01))
+    await until(lambda: len(submitted) == 300, what="reading everything")
+    stop.set()
+    await task
+    await consumer.close()
+    assert background == [100]  # right after the first poll's records, not after all three polls
