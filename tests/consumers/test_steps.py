@@ -229,7 +229,7 @@ async def test_replay_guard_checks_until_a_batch_has_new_values() -> None:
     await guard.submit(ValuesBatch(tp, 2, 2, []))  # only skipped records: nothing to check
     await guard.submit(ValuesBatch(tp, 3, 5, [2, 3, 4]))  # the earlier run's last write ends inside
     await guard.submit(ValuesBatch(tp, 6, 7, [5, 6]))  # not checked any more
-    assert checked == [[0, 1], [2, 3, 4]]
+    assert checked == [[0], [0, 1], [2], [2, 3, 4]]  # the first value alone, then the batch
     assert [(b.first, b.last, list(b.values)) for b in sink.items] == [
         (0, 1, []),
         (2, 2, []),
@@ -335,3 +335,20 @@ async def test_close_abandons_an_overlapped_write_uncommitted() -> None:
     assert sink.items == [] and sink.closes == 1 and write.started == ["t:0:0-9"]
     await insert.join()  # nothing left in flight
     assert sink.items == []
+
+
+async def test_replay_guard_stops_at_a_first_value_the_store_does_not_hold() -> None:
+    # Written values are a prefix: an unwritten first value means a fresh batch, checked no further.
+    sink, metrics = Sink(), ConsumerMetrics()
+    checked: list[list[int]] = []
+
+    async def unwritten(values: Sequence[int]) -> Sequence[int]:
+        checked.append(list(values))
+        return list(values)
+
+    guard = ReplayGuard(unwritten, sink, metrics, retry=FAST)
+    tp = TopicPartition("t", 0)
+    await guard.submit(ValuesBatch(tp, 0, 2, [0, 1, 2], after_assignment=True))
+    await guard.submit(ValuesBatch(tp, 3, 4, [3, 4]))
+    assert checked == [[0]]
+    assert [list(b.values) for b in sink.items] == [[0, 1, 2], [3, 4]] and metrics.already_written == 0
