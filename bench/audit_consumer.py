@@ -1,8 +1,8 @@
 """Audit consumer → store: events/s end to end, where the time goes, and how soon an event is queryable.
 
-    python -m bench.audit_consumer                      # all three parts, ~1.5 minutes
+    python -m bench.audit_consumer                      # all three parts, ~2 minutes
     python -m bench.audit_consumer --parts throughput --events 200000 --repeat 3
-    python -m bench.audit_consumer --parts steady --rates 2000,5000 --duration 20
+    python -m bench.audit_consumer --parts stages,steady --rates 2000,5000 --duration 20
     python -m bench.audit_consumer --http               # the same through ClickHouseStore (chDB over HTTP)
 
 Events are what a `tools/call` through the gateway records (ingress/recorder.py): agent request
@@ -10,15 +10,20 @@ received, request sent upstream, answer received from upstream, answer sent to t
 payloads of 250-300 bytes, full chain fields and a checkpoint event every 1,000 events. They are
 encoded with the real codec and appended to an embedded log, then:
 
-- throughput: `AuditConsumer` drains a pre-filled log into a fresh chDB store; events/s from
-  `run` to the last commit (store start-up excluded), one figure per repeat;
-- stages: the consumer's own steps run one at a time on the same events, so each cost is its own
-  (per event, milliseconds of wall time): decode, row or block building, the insert, the
-  replay-guard query (one batch), the offset commit;
+- throughput: `AuditConsumer` (default settings) drains a pre-filled log into a fresh chDB store;
+  events/s from `run` to the last commit (store start-up excluded), one figure per repeat, with the
+  CPU per event of each of the process's threads (main = the event loop; chDB's own threads by name);
+- stages: each step alone on the same events, for the Avro path and the row path: decode (or
+  scan), row or container building, the write (µs per event), the replay-guard queries and the
+  offset commit (ms per batch);
 - steady: a producer appends at a fixed rate (ticks of 10 ms, each tick's events in one durable
   append) while the consumer runs; sampled events are looked up by a `SELECT` on audit.events every
   25 ms, and the time from their append to the first `SELECT` that sees them is "queryable".
   Resolution: the lookup interval.
+
+Runs with `mcpgw up`'s event loop and collector settings (uvloop, gc.freeze, higher thresholds);
+`--plain` for asyncio's loop and the default collector. The throughput part also runs on a checkout
+from before the Avro path (copy this file into its bench/), which is how RESULTS.md compares.
 
 Load: the load average and this process's CPU share are printed with every part; other processes
 on the machine slow every figure, so compare runs made close together, and repeat.
