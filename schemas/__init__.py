@@ -6,6 +6,8 @@
 - `catalog`: loads the `.avsc` files (lazily) and computes fingerprints.
 - `codec`: values ⇄ bytes (single-object encoding by default, Confluent framing as an option)
   and `canonical_event_bytes`, what the chain hash covers.
+- `scan`: checks an Avro body without decoding it, picking a few fields (the audit consumer hands
+  bodies to ClickHouse, which decodes them).
 - `payload`, `redaction`, `secrets`, `jsonpath`: what is stored of a message: redacted, hashed,
   truncated past a limit. Pure functions.
 
