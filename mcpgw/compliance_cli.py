@@ -33,6 +33,7 @@ from mcpgw import operator_cli
 from mcpgw.audit_runtime import caught_up, start_audit_consumer
 from mcpgw.config import EmbeddedLogConfig, GatewayConfig
 from mcpgw.risk_runtime import replay_projections, start_risk
+from mcpgw.runner import install_fast_loop
 from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
 
@@ -42,6 +43,8 @@ log = logging.getLogger("mcpgw")
 def main(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.command == "audit" and args.audit_command == "query" and held_by_gateway(config) is not None:
         return _query_through_gateway(args, config)
+    if args.command in ("consume", "replay"):
+        install_fast_loop()
     try:
         return asyncio.run(_main(args, config))
     except (StoreError, LogUnavailable) as exc:

@@ -65,13 +65,18 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         log.info("shutting down")
 
 
-def run_gateway(config: GatewayConfig, consumers: bool = False) -> int:
+def install_fast_loop() -> None:
+    """uvloop where available: the ingress and the consumers spend a good part of their CPU in the loop."""
     try:
         import uvloop
 
         uvloop.install()
     except ImportError:  # pragma: no cover - uvloop is optional on platforms without it
         pass
+
+
+def run_gateway(config: GatewayConfig, consumers: bool = False) -> int:
+    install_fast_loop()
     try:
         asyncio.run(serve(config, consumers=consumers))
     except LogLocked as exc:
