@@ -20,7 +20,7 @@ from typing import Any
 from ingress.sink import EventSink
 from ingress.upstreams.base import CallContext, JsonObject
 from schemas.events import AuditMode, Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
-from schemas.payload import DEFAULT_POLICY, PayloadPolicy, prepare_payload
+from schemas.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
 
 log = logging.getLogger("mcpgw.audit")
 
@@ -62,6 +62,21 @@ def _error_of(body: JsonObject) -> tuple[int | None, str]:
     return None, ""
 
 
+def _held_payload(held: list[GatewayEvent], wire: bytes) -> PreparedPayload | None:
+    """The payload columns of a held event whose message was these very bytes, unredacted and whole.
+
+    A forwarded message is often byte-identical to the one received (a modern `tools/call` whose
+    agent already sent the full `_meta` envelope): the redaction scan and the hash are a pure
+    function of the bytes and this recorder's policy (only the recorder fills `ctx.deferred`), so
+    their result is reused instead of computed twice. Only a payload stored exactly as it crossed
+    the wire qualifies: then stored == wire, and its hash and size are those of `wire` too.
+    """
+    for event in held:
+        if event.redactions == 0 and not event.payload_truncated and event.payload == wire:
+            return PreparedPayload(event.payload, event.payload_sha256, event.payload_size, 0, False)
+    return None
+
+
 class Recorder:
     def __init__(self, sink: EventSink, instance_id: str | None = None, mode: str = "strict",
                  payload_policy: PayloadPolicy = DEFAULT_POLICY) -> None:
@@ -94,7 +109,7 @@ class Recorder:
             code, message = _error_of(body) if "error" in body else (None, "")
             method = ctx.method
         raw_id = body.get("id")
-        payload = prepare_payload(wire, self.payload_policy)
+        payload = _held_payload(ctx.deferred, wire) or prepare_payload(wire, self.payload_policy)
         return GatewayEvent(
             event_type, kind, _TYPE_DIRECTION.get(event_type, Direction.INTERNAL),
             outcome or (Outcome.OK if code is None else Outcome.ERROR),

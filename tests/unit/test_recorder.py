@@ -335,3 +335,31 @@ def test_default_instance_id_and_system_context() -> None:
     assert (sc.principal, sc.transport, sc.server) == ("gateway", "internal", "fs")
     assert len(sc.correlation_id) == 36
     assert system_context(principal="x").principal == "x"
+
+
+async def test_forwarded_identical_bytes_reuse_the_held_payload() -> None:
+    # The upstream copy of a request is often the agent's bytes unchanged: same columns, one scan.
+    sink = CountingSink()
+    rec = Recorder(sink)
+    c = ctx()
+    raw = wire(REQUEST)
+    rec.agent_received(c, REQUEST, raw)
+    await rec.sent("fs", REQUEST, wire(REQUEST), c)
+    received, sent = sink.calls[0]
+    assert sent.payload == received.payload == raw
+    assert sent.payload_sha256 == received.payload_sha256 == hashlib.sha256(raw).hexdigest()
+    assert (sent.payload_size, sent.redactions, sent.payload_truncated) == (len(raw), 0, False)
+
+
+async def test_redacted_held_payload_is_not_reused() -> None:
+    # A held payload that was redacted is not the wire bytes: the copy is scanned on its own.
+    sink = CountingSink()
+    rec = Recorder(sink)
+    c = ctx()
+    body = {**REQUEST, "params": {"name": "fs__read", "arguments": {"password": "hunter22"}}}
+    rec.agent_received(c, body, wire(body))
+    await rec.sent("fs", body, wire(body), c)
+    received, sent = sink.calls[0]
+    assert received.redactions == sent.redactions == 1
+    assert b"hunter22" not in sent.payload
+    assert sent.payload == received.payload
