@@ -31,10 +31,9 @@ from schemas.secrets import (
     SECRET_KINDS,
     SecretPattern,
     is_secret_key,
-    may_name_secret,
-    patterns_in,
     redact_bytes,
     redact_text,
+    secret_prescan,
 )
 
 __all__ = [
@@ -61,8 +60,7 @@ def redact_payload(raw: bytes, json_paths: Sequence[JsonPath] = (), *, patterns:
 
     `patterns=False` turns off the secret-pattern and secret-key rules; paths still apply.
     """
-    active = patterns_in(raw) if patterns else ()
-    keys = patterns and may_name_secret(raw)
+    active, keys = secret_prescan(raw) if patterns else ((), False)
     if not json_paths and not active and not keys:
         return raw, 0
     try:

@@ -9,7 +9,7 @@ import pytest
 
 from schemas.jsonpath import JsonPath
 from schemas.redaction import SECRET_KINDS, is_secret_key, redact_headers, redact_payload, redact_text
-from schemas.secrets import PATTERNS, may_name_secret, patterns_in
+from schemas.secrets import _WORD_ANCHORS, PATTERNS, may_name_secret, patterns_in, secret_prescan
 
 SECRETS = {
     "api_key": ["sk-proj-Ab3dEf6hIj9kLm2nOp5qRs8t", "sk-ant-api03-abcdefghijklmnopqrstuv",
@@ -53,6 +53,22 @@ def test_anchors_let_every_secret_through(kind: str, secret: str) -> None:
     for p in PATTERNS:
         if p.regex.search(secret):
             assert p in patterns_in(secret.encode())
+
+
+def _prescan_cases() -> list[bytes]:
+    words = [a for p in PATTERNS for a in p.anchors_bytes] + list(_WORD_ANCHORS)
+    cases = [s.encode() for v in SECRETS.values() for s in v]
+    for w in words:
+        cases += [w, w.upper(), w.lower(), w.capitalize(), b'{"x":"..' + w + b'..","' + w + b'Key":"v"}']
+    cases += [b'{"clientSecret":"s"}', b'{"API-KEY":"k"}', b'{"t":"\\u0070assword"}', b'{"t":"\\U"}',
+              b'{"a":1}', b'{"_meta":{"progressToken":1}}', rpc({"name": "echo", "arguments": {"m": "x" * 64}})]
+    return cases
+
+
+@pytest.mark.parametrize("raw", _prescan_cases())
+def test_prescan_agrees_with_the_full_tests(raw: bytes) -> None:
+    """The one-scan pre-test may only skip work whose answer it knows: never a match."""
+    assert secret_prescan(raw) == (patterns_in(raw), may_name_secret(raw))
 
 
 @pytest.mark.parametrize(
