@@ -39,27 +39,25 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 from consumers.pipeline import (
     Batch,
     Commit,
     ConsumerMetrics,
-    DeadLetter,
     Decode,
     Insert,
-    InvalidRatio,
     Map,
     Rebalance,
     ReplayGuard,
-    RetryPolicy,
     run_consumer,
 )
+from consumers.pipeline.settings import ConsumerSettings
 from consumers.store import rows as store_rows
 from consumers.store.avro_container import AvroContainer
 from consumers.store.base import CHECKPOINTS_TABLE, EVENTS_TABLE, AuditStore, AvroInserts
-from eventlog.base import TOPIC_DEAD_LETTER, Consumer, Producer
+from eventlog.base import Consumer, Producer
 from schemas import catalog
 from schemas.codec import (
     CONFLUENT_HEADER_SIZE,
@@ -87,7 +85,7 @@ WRITTEN_SQL = (
 
 
 @dataclass(frozen=True, slots=True)
-class AuditSettings:
+class AuditSettings(ConsumerSettings):
     # Records per batch (one insert per table). Big, because each insert makes a part that merges
     # rewrite later: 20,000 rows halve the merge work of 10,000 (bench/RESULTS.md); under lighter
     # traffic `max_wait_s` cuts batches first.
@@ -96,13 +94,6 @@ class AuditSettings:
     max_records_per_poll: int = 2_000
     # Read and check the next batch while ClickHouse inserts the last one (consumers/pipeline/insert.py).
     overlap_writes: bool = True
-    poll_timeout_s: float = 0.1
-    max_invalid_ratio: float = 0.5
-    invalid_min_messages: int = 100
-    invalid_window: int = 1000
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    shutdown_timeout_s: float = 30.0
-    dead_letter_topic: str = TOPIC_DEAD_LETTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -253,8 +244,8 @@ class AuditConsumer:
         # The Avro path only for the default projection: it is the one ClickHouse's own mapping of
         # fields to same-named columns reproduces.
         self.reads_bodies = rows is None and isinstance(store, AvroInserts)
-        dead_letter = DeadLetter(dlq_producer, self.metrics, source="audit", topic=s.dead_letter_topic, retry=s.retry)
-        invalid_ratio = InvalidRatio(s.max_invalid_ratio, s.invalid_min_messages, s.invalid_window)
+        dead_letter = s.dead_letter(dlq_producer, self.metrics, "audit")
+        invalid_ratio = s.invalid_ratio()
         self.strategy: Decode[Any]
         if self.reads_bodies:
             self.strategy = Decode(

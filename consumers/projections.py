@@ -21,25 +21,23 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any, Generic, TypeVar
 
 from consumers.pipeline import (
     Batch,
     Commit,
     ConsumerMetrics,
-    DeadLetter,
     Decode,
     Insert,
-    InvalidRatio,
     Map,
     Rebalance,
-    RetryPolicy,
     run_consumer,
 )
+from consumers.pipeline.settings import ConsumerSettings
 from consumers.store import rows as store_rows
 from consumers.store.base import DECISIONS_TABLE, RISK_TABLE, AuditStore
-from eventlog.base import TOPIC_DEAD_LETTER, TOPIC_DECISIONS, TOPIC_RISK, Consumer, Producer
+from eventlog.base import TOPIC_DECISIONS, TOPIC_RISK, Consumer, Producer
 from schemas.codec import CodecError, DecisionCodec, RiskScoreCodec
 from schemas.decisions import Decision
 from schemas.risk import RiskScore
@@ -49,17 +47,9 @@ Row = Mapping[str, Any]
 
 
 @dataclass(frozen=True, slots=True)
-class ProjectionSettings:
+class ProjectionSettings(ConsumerSettings):
     max_rows: int = 1000
     max_wait_s: float = 0.5  # how stale the table may be behind the topic
-    max_records_per_poll: int = 500
-    poll_timeout_s: float = 0.1
-    max_invalid_ratio: float = 0.5
-    invalid_min_messages: int = 100
-    invalid_window: int = 1000
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    shutdown_timeout_s: float = 30.0
-    dead_letter_topic: str = TOPIC_DEAD_LETTER
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,8 +137,8 @@ class Projection(Generic[T]):
         self.strategy = Decode(
             spec.decode(),
             Map(spec.row, batch),
-            DeadLetter(dlq_producer, self.metrics, source=spec.name, topic=s.dead_letter_topic, retry=s.retry),
-            InvalidRatio(s.max_invalid_ratio, s.invalid_min_messages, s.invalid_window),
+            s.dead_letter(dlq_producer, self.metrics, spec.name),
+            s.invalid_ratio(),
             self.metrics,
             invalid=(CodecError,),
         )

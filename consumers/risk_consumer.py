@@ -44,18 +44,16 @@ import heapq
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Protocol
 
 from consumers.pipeline import (
     Batch,
     Commit,
     ConsumerMetrics,
-    DeadLetter,
     Decode,
     Forward,
     Insert,
-    InvalidRatio,
     Map,
     Rebalance,
     RetryPolicy,
@@ -63,9 +61,9 @@ from consumers.pipeline import (
     retrying,
     run_consumer,
 )
+from consumers.pipeline.settings import ConsumerSettings
 from consumers.risk.assessment import Assessment
 from eventlog.base import (
-    TOPIC_DEAD_LETTER,
     TOPIC_DECISIONS,
     TOPIC_EVENTS,
     TOPIC_RISK,
@@ -93,17 +91,10 @@ class Engine(Protocol):
 
 
 @dataclass(frozen=True, slots=True)
-class RiskConsumerSettings:
-    max_records_per_poll: int = 500
+class RiskConsumerSettings(ConsumerSettings):
     # Short: the loop is the path from a triggering event to its block. Polls wake at once on new
     # records anyway (embedded: on the flush; Kafka: when a fetch returns), this bounds idle turns.
     poll_timeout_s: float = 0.05
-    max_invalid_ratio: float = 0.5
-    invalid_min_messages: int = 100
-    invalid_window: int = 1000
-    retry: RetryPolicy = field(default_factory=RetryPolicy)
-    shutdown_timeout_s: float = 30.0
-    dead_letter_topic: str = TOPIC_DEAD_LETTER
     risk_topic: str = TOPIC_RISK
     decisions_topic: str = TOPIC_DECISIONS
 
@@ -255,8 +246,8 @@ class RiskConsumer:
         decode = Decode(
             self._codec.decode,
             assess,
-            DeadLetter(self._producer, self.metrics, source="risk", topic=s.dead_letter_topic, retry=s.retry),
-            InvalidRatio(s.max_invalid_ratio, s.invalid_min_messages, s.invalid_window),
+            s.dead_letter(self._producer, self.metrics, "risk"),
+            s.invalid_ratio(),
             self.metrics,
             invalid=(CodecError,),
         )

@@ -239,17 +239,7 @@ class KafkaConsumer:
             )
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        consumer = self._started()
-        try:
-            batches = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
-        except _CLIENT_ERRORS as exc:
-            raise unavailable(f"poll by {self._group_id!r} failed", exc) from exc
-        return [
-            # A compaction tombstone has no value; this log never writes one, but others might.
-            Record(r.topic, r.partition, r.offset, r.key, r.value if r.value is not None else b"", r.timestamp)
-            for records in batches.values()
-            for r in records
-        ]
+        return await _poll(self._started(), max_records, timeout_s, f"poll by {self._group_id!r}")
 
     async def commit(self, offsets: Mapping[TopicPartition, int]) -> None:
         if not offsets:
@@ -381,16 +371,7 @@ class KafkaTopicReader:
         self._partitions = partitions
 
     async def poll(self, max_records: int, timeout_s: float) -> list[Record]:
-        consumer = self._started()
-        try:
-            batches = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
-        except _CLIENT_ERRORS as exc:
-            raise unavailable(f"poll of {self._topics} failed", exc) from exc
-        return [
-            Record(r.topic, r.partition, r.offset, r.key, r.value if r.value is not None else b"", r.timestamp)
-            for records in batches.values()
-            for r in records
-        ]
+        return await _poll(self._started(), max_records, timeout_s, f"poll of {self._topics}")
 
     async def end_offsets(self) -> dict[TopicPartition, int]:
         consumer = self._started()
@@ -442,3 +423,16 @@ def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
     # does not log "exception was never retrieved" for it.
     if not future.cancelled():
         future.exception()
+
+
+async def _poll(consumer: AIOKafkaConsumer, max_records: int, timeout_s: float, what: str) -> list[Record]:
+    try:
+        batches = await consumer.getmany(timeout_ms=max(0, int(timeout_s * 1000)), max_records=max_records)
+    except _CLIENT_ERRORS as exc:
+        raise unavailable(f"{what} failed", exc) from exc
+    return [
+        # A compaction tombstone has no value; this log never writes one, but others might.
+        Record(r.topic, r.partition, r.offset, r.key, r.value if r.value is not None else b"", r.timestamp)
+        for records in batches.values()
+        for r in records
+    ]
