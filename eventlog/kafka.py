@@ -13,10 +13,12 @@ a broker refusing idempotent producers). A producer whose `start` failed retries
 append, so a gateway that started during a broker outage recovers without a restart.
 
 With `create_topics` (the default) absent topics are created, with their configured policies,
-before first use, and checked again after a failed append. A topic lost while in use (a memory-only
-dev broker restarted) may instead be recreated by the broker itself with its defaults, because
-aiokafka's metadata requests always allow auto-creation: production brokers should run with
-auto.create.topics.enable=false (Apache Kafka's default is true).
+before first use, and checked again after a failed append or a lost broker connection. A topic lost
+while in use (a memory-only dev broker restarted) may instead be recreated by the broker itself with
+its defaults, because aiokafka's metadata requests always allow auto-creation: production brokers
+should run with auto.create.topics.enable=false (Apache Kafka's default is true). An append during
+which a connection broke is sent again once (see `append_batch`): a restarted broker may have
+acknowledged it and lost it.
 """
 
 from __future__ import annotations
@@ -51,8 +53,11 @@ class KafkaProducer:
         self._settings = settings
         self._producer: Any = None
         self._start_lock = asyncio.Lock()
-        self._ensured: set[str] = set()
-        self._ensuring: dict[str, asyncio.Future[list[str]]] = {}
+        # Topic -> `_losses` when its check started: a topic is checked again after any connection loss.
+        self._ensured: dict[str, int] = {}
+        # Broker connections closed so far (see `_watch_connections`).
+        self._losses = 0
+        self._ensuring: dict[str, asyncio.Future[None]] = {}
         self._closed = False
         # aiokafka bounds each stage (metadata, buffer space, acknowledgement) by request_timeout_ms;
         # this outer bound only guards against a stage that does not, so an append can never hang.
@@ -68,10 +73,30 @@ class KafkaProducer:
         if not records:
             return
         producer = await self._connected()
-        if self._settings.create_topics and topic not in self._ensured:
+        deadline = asyncio.get_running_loop().time() + self._deadline_s
+        losses = self._losses
+        if self._settings.create_topics and self._ensured.get(topic) != losses:
             await self._ensure_topic(topic)
+        await self._send(producer, topic, records, deadline)
+        if self._losses == losses:
+            return
+        # A connection broke while this batch was in flight, so it may have been acknowledged by a
+        # broker that had just restarted empty: Tansu (memory storage) acknowledges a produce to a
+        # topic it no longer has, then loses the record when a metadata request re-creates the
+        # topic. Check the topic and send the batch again; a duplicate is the at-least-once case
+        # consumers already dedupe.
+        log.warning("kafka: connection lost during an append to %r; checking the topic and sending again", topic)
+        losses = self._losses
+        if self._settings.create_topics:
+            await self._ensure_topic(topic)
+        await self._send(producer, topic, records, deadline)
+        if self._losses != losses:
+            raise LogUnavailable(f"kafka: connections to the broker kept breaking during an append to {topic!r}")
+
+    async def _send(
+        self, producer: Any, topic: str, records: Sequence[tuple[bytes | None, bytes]], deadline: float
+    ) -> None:
         loop = asyncio.get_running_loop()
-        deadline = loop.time() + self._deadline_s
         futures: list[asyncio.Future[Any]] = []
         try:
             try:
@@ -94,10 +119,10 @@ class KafkaProducer:
                 raise LogUnavailable(f"kafka: append to {topic!r} not acknowledged within {self._deadline_s:.1f}s")
         except _CLIENT_ERRORS as exc:
             # Re-check the topic next time: the usual cause of a missing topic is a broker that lost it.
-            self._ensured.discard(topic)
+            self._ensured.pop(topic, None)
             raise unavailable(f"append to {topic!r} failed", exc) from exc
         except LogUnavailable:
-            self._ensured.discard(topic)
+            self._ensured.pop(topic, None)
             raise
         finally:
             for future in futures:
@@ -117,12 +142,16 @@ class KafkaProducer:
         # instead of each opening an admin connection.
         creation = self._ensuring.get(topic)
         if creation is None:
-            creation = asyncio.ensure_future(ensure_topics(self._settings, [topic]))
+            creation = asyncio.ensure_future(self._check_topic(topic))
             self._ensuring[topic] = creation
             creation.add_done_callback(lambda _: self._ensuring.pop(topic, None))
         # shield: one cancelled append must not cancel the check the others are waiting for.
         await asyncio.shield(creation)
-        self._ensured.add(topic)
+
+    async def _check_topic(self, topic: str) -> None:
+        losses = self._losses
+        await ensure_topics(self._settings, [topic])
+        self._ensured[topic] = losses
 
     async def _connected(self) -> Any:
         if self._producer is not None:
@@ -139,8 +168,9 @@ class KafkaProducer:
     async def _start_producer(self) -> Any:
         settings = self._settings
         if settings.create_topics:
+            losses = self._losses
             await ensure_topics(settings, settings.topics)
-            self._ensured.update(settings.topics)
+            self._ensured.update(dict.fromkeys(settings.topics, losses))
         producer = None
         try:
             producer = AIOKafkaProducer(
@@ -152,6 +182,7 @@ class KafkaProducer:
                 max_batch_size=settings.max_batch_bytes,
                 max_request_size=settings.max_request_bytes,
             )
+            self._watch_connections(producer)
             await producer.start()
         except _CLIENT_ERRORS as exc:
             if producer is not None:
@@ -167,6 +198,23 @@ class KafkaProducer:
                 raise error from exc
             raise unavailable("producer start failed", exc) from exc
         return producer
+
+    def _watch_connections(self, producer: Any) -> None:
+        # aiokafka reports every closed broker connection to its client's `_on_connection_closed`
+        # (a connection takes the bound method when it opens, so this must run before `start`).
+        # A lost connection may mean a restarted broker that lost its topics: count it, so topics
+        # are checked again before the next append and an append it interrupted is sent again.
+        client = producer.client
+        original = getattr(client, "_on_connection_closed", None)
+        if original is None:
+            log.warning("kafka: aiokafka does not report closed connections; topics are checked only after failures")
+            return
+
+        def closed(conn: Any, reason: Any) -> None:
+            self._losses += 1
+            original(conn, reason)
+
+        client._on_connection_closed = closed
 
 
 class KafkaConsumer:

@@ -133,11 +133,13 @@ class KafkaSettings(_Strict):
     # a partition. Brokers without InitProducerId support (Tansu) need False; then a retry after a
     # lost acknowledgement may write a record twice (consumers dedupe by event id).
     enable_idempotence: bool = True
-    # In strict mode every hop waits for its append, so a linger is paid twice per call; 0 is
-    # faster on a quiet gateway, but against Tansu (the test broker) a produce racing a restarted
-    # broker's topic re-creation was acknowledged and then not readable: kept at 2 until that is
-    # understood.
-    linger_ms: int = Field(default=2, ge=0)
+    # 0: in strict mode every hop waits for its own append, so a linger is paid twice per call
+    # (2 ms cost ~4 ms per call on a quiet gateway). Batching does not need it: appends arriving
+    # while a produce request is in flight share the next one. Raise it only for throughput on a
+    # busy gateway in async mode. (The test broker, Tansu, acknowledges a produce to a topic it lost
+    # in a restart and then drops the record; KafkaProducer re-checks the topic and re-sends after
+    # any lost connection, so 0 is safe there too.)
+    linger_ms: int = Field(default=0, ge=0)
     compression: Literal["zstd", "lz4", "snappy", "gzip"] | None = "zstd"
     max_batch_bytes: int = Field(default=256 * KiB, ge=1 * KiB)
     max_request_bytes: int = Field(default=1 * MiB, ge=1 * KiB)
