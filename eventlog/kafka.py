@@ -31,6 +31,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka import TopicPartition as KafkaTopicPartition
 from aiokafka.abc import ConsumerRebalanceListener  # type: ignore[import-untyped]
+from aiokafka.conn import CloseReason  # type: ignore[import-untyped]
 from aiokafka.errors import BrokerResponseError, KafkaError  # type: ignore[import-untyped]
 
 from eventlog.base import LogUnavailable, Record, TopicPartition
@@ -96,27 +97,33 @@ class KafkaProducer:
     async def _send(
         self, producer: Any, topic: str, records: Sequence[tuple[bytes | None, bytes]], deadline: float
     ) -> None:
-        loop = asyncio.get_running_loop()
-        futures: list[asyncio.Future[Any]] = []
+        # One future settled by the delivery callbacks, not asyncio.wait: this is the whole of a
+        # strict-mode hop's own cost, and wait() builds a waiter, a timer and a set per call.
+        # Cancelling aiokafka's delivery futures would not unsend their records, only hide their
+        # outcome, so the deadline cancels the wait for `settled`, never them.
+        settled: asyncio.Future[BaseException | None] = asyncio.get_running_loop().create_future()
+        pending = len(records)
+
+        def delivered(future: asyncio.Future[Any]) -> None:
+            nonlocal pending
+            pending -= 1
+            if future.cancelled():
+                error: BaseException | None = LogUnavailable(f"kafka: delivery to {topic!r} was cancelled")
+            else:
+                error = future.exception()  # retrieved even when nobody waits any more
+            if not settled.done() and (error is not None or pending == 0):
+                settled.set_result(error)
+
         try:
             try:
                 async with asyncio.timeout_at(deadline):
                     for key, value in records:
-                        futures.append(await producer.send(topic, value=value, key=key))
-                # asyncio.wait, not gather under the timeout: cancelling aiokafka's delivery futures
-                # would not unsend their records, only hide their outcome.
-                _done, pending = await asyncio.wait(
-                    futures, timeout=max(0.0, deadline - loop.time()), return_when=asyncio.FIRST_EXCEPTION
-                )
-                timed_out = bool(pending)
+                        (await producer.send(topic, value=value, key=key)).add_done_callback(delivered)
+                    error = await settled
             except TimeoutError:
-                timed_out = True
-            for future in futures:
-                error = future.exception() if future.done() else None
-                if error is not None:
-                    raise error
-            if timed_out:
-                raise LogUnavailable(f"kafka: append to {topic!r} not acknowledged within {self._deadline_s:.1f}s")
+                error = LogUnavailable(f"kafka: append to {topic!r} not acknowledged within {self._deadline_s:.1f}s")
+            if error is not None:
+                raise error
         except _CLIENT_ERRORS as exc:
             # Re-check the topic next time: the usual cause of a missing topic is a broker that lost it.
             self._ensured.pop(topic, None)
@@ -124,9 +131,6 @@ class KafkaProducer:
         except LogUnavailable:
             self._ensured.pop(topic, None)
             raise
-        finally:
-            for future in futures:
-                future.add_done_callback(_retrieve_outcome)
 
     async def close(self) -> None:
         self._closed = True
@@ -211,7 +215,10 @@ class KafkaProducer:
             return
 
         def closed(conn: Any, reason: Any) -> None:
-            self._losses += 1
+            # Not an idle connection aiokafka dropped, nor our own shutdown: those lose nothing, and
+            # counting them would re-send (duplicate) an append in flight on another connection.
+            if reason not in (CloseReason.IDLE_DROP, CloseReason.SHUTDOWN):
+                self._losses += 1
             original(conn, reason)
 
         client._on_connection_closed = closed
@@ -464,13 +471,6 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[Any]) -> None:
         await self._owner._assigned(list(assigned))
-
-
-def _retrieve_outcome(future: asyncio.Future[Any]) -> None:
-    # Marks a delivery failure nobody awaits any more (the batch already failed) as seen, so asyncio
-    # does not log "exception was never retrieved" for it.
-    if not future.cancelled():
-        future.exception()
 
 
 async def _poll(consumer: AIOKafkaConsumer, max_records: int, timeout_s: float, what: str) -> list[Record]:
