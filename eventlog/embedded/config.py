@@ -67,12 +67,20 @@ class LogLimits:
     `LogUnavailable("log full")` instead of growing without bound (the caller spools or fails
     closed). `max_flush_bytes` caps one write+fsync, trading a little throughput for a bounded
     latency of the appends queued behind a large batch.
+
+    `inline_flush_max_s`: a flush's write+fsync runs on the event loop thread itself while the
+    previous one took less than this, else on the writer's flush thread until one is fast again.
+    Inline, a flush costs no thread hand-off (GIL transfer, wake-ups, a loop pass to hand the
+    outcome back), which is most of the CPU of an audited call beyond the fsync; the loop is blocked
+    for the fsync, which is what strict-mode callers wait for anyway. A disk that turns slow thus
+    blocks the loop once, for one flush, before the thread takes over. `None`: always the thread.
     """
 
     max_pending_records: int = 100_000
     max_pending_bytes: int = 64 * MiB
     max_record_bytes: int = 8 * MiB
     max_flush_bytes: int = 4 * MiB
+    inline_flush_max_s: float | None = 0.004
 
 
 DEFAULT_TOPICS: dict[str, TopicConfig] = {TOPIC_DECISIONS: TopicConfig(compacted=True)}

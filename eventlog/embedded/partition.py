@@ -4,6 +4,13 @@ The state here changes only on the event loop thread (the writer hands file I/O 
 thread and applies the outcome afterwards), so readers on the loop always see a consistent view:
 `Segment.size` is the number of bytes a reader may read, which for a writable log is what has been
 fsync'd, never what is merely written.
+
+While the writer has it open, the active segment is preallocated: the file extends past the last
+record with zeros the writer has written and fsync'd (`PartitionLog.allocated`), so a flush that
+writes into them changes no file size and its fdatasync has no metadata to commit, only the data.
+Closed segments are exact: a roll, a clean close and the recovery after a crash cut the file back
+to its last record. A reader in another process therefore sees zeros only at the end of the last
+segment, where they mean "not written yet".
 """
 
 from __future__ import annotations
@@ -21,7 +28,8 @@ from eventlog.embedded.segment import SparseIndex, list_segments, scan_tail, seg
 
 log = logging.getLogger("mcpgw.eventlog.embedded")
 
-_APPEND_FLAGS = os.O_WRONLY | os.O_APPEND | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
+# Not O_APPEND: the writer writes at explicit positions, into the preallocated zeros.
+_WRITE_FLAGS = os.O_WRONLY | os.O_CREAT | getattr(os, "O_CLOEXEC", 0)
 
 
 def fsync_dir(directory: Path) -> None:
@@ -51,9 +59,11 @@ class PartitionLog:
         self.writable = writable
         self.segments: list[Segment] = []
         # Writable logs only: the active segment's append descriptor, and the offset after the last
-        # durable record (what readers may read up to; also the next offset to assign between flushes).
+        # durable record (what readers may read up to; also the next offset to assign between flushes),
+        # and the active segment's file size (its last record, then the preallocated zeros).
         self.fd: int | None = None
         self.high_watermark = 0
+        self.allocated = 0
         self._stat_last: Segment | None = None  # read-only: the segment that was last at the previous refresh
 
     @property
@@ -87,12 +97,17 @@ class PartitionLog:
             self.segments.append(Segment(base, path, st.st_size, st.st_mtime))
         base, path = found[-1]
         scan = scan_tail(path, base, max_body)
-        if scan.bad_bytes:
+        if scan.bad_bytes and scan.zero_tail:
+            # Preallocated space the writer had not used yet when it stopped without closing.
+            log.info("%s/%d: dropping %d preallocated bytes after the last record of %s",
+                     self.topic, self.partition, scan.bad_bytes, path.name)
+        elif scan.bad_bytes:
             log.warning(
                 "%s/%d: truncating %d bytes after the last complete record at byte %d of %s (%s); "
                 "they were never acknowledged as durable",
                 self.topic, self.partition, scan.bad_bytes, scan.valid_size, path.name, scan.reason,
             )
+        if scan.bad_bytes:
             with path.open("r+b") as f:
                 f.truncate(scan.valid_size)
                 os.fsync(f.fileno())
@@ -100,14 +115,23 @@ class PartitionLog:
             raise LogCorrupt(f"{self.directory}: segment bases out of order near {path.name}")
         self.segments.append(Segment(base, path, scan.valid_size, path.stat().st_mtime, scan.index))
         self.high_watermark = scan.next_offset
-        self.fd = os.open(path, _APPEND_FLAGS, 0o644)
+        self.fd = os.open(path, _WRITE_FLAGS, 0o644)
+        self.allocated = scan.valid_size
 
     def needs_roll(self) -> bool:
         return self.active.size >= self.config.segment_bytes and self.high_watermark > self.active.base_offset
 
     def create_segment_file(self, base_offset: int) -> int:
-        """Flush thread: create the next segment file durably; returns its append descriptor."""
-        fd = os.open(segment_path(self.directory, base_offset), _APPEND_FLAGS, 0o644)
+        """Flush thread: cut the active segment to its records, create the next one durably; returns its descriptor.
+
+        The cut is durable before the new file exists, so a segment that is not the last never ends
+        in zeros, even after a crash.
+        """
+        if self.fd is not None and self.allocated > self.active.size:
+            os.ftruncate(self.fd, self.active.size)
+            os.fsync(self.fd)
+            self.allocated = self.active.size  # read on the loop only after this job returned
+        fd = os.open(segment_path(self.directory, base_offset), _WRITE_FLAGS, 0o644)
         try:
             fsync_dir(self.directory)
         except OSError:
@@ -121,10 +145,21 @@ class PartitionLog:
             os.close(self.fd)  # the old segment was fully fsync'd by the flush that last wrote it
         self.active.mtime = time.time()
         self.fd = fd
+        self.allocated = 0
         self.segments.append(Segment(base_offset, segment_path(self.directory, base_offset), 0, time.time()))
 
     def close(self) -> None:
-        if self.fd is not None:
+        """Cut the preallocated zeros off (best effort: recovery drops them too), release the file."""
+        if self.fd is None:
+            return
+        try:
+            if self.allocated > self.active.size:
+                os.ftruncate(self.fd, self.active.size)
+                os.fsync(self.fd)
+        except OSError as exc:
+            log.warning("%s/%d: could not cut the preallocated tail of %s: %s",
+                        self.topic, self.partition, self.active.path.name, exc)
+        finally:
             os.close(self.fd)
             self.fd = None
 

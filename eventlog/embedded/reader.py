@@ -13,11 +13,14 @@ import os
 
 from eventlog.base import LogCorrupt, Record
 from eventlog.embedded.partition import PartitionLog, Segment
-from eventlog.embedded.segment import locate, read_frames
+from eventlog.embedded.segment import READ_CHUNK, locate, read_frames
 
 log = logging.getLogger("mcpgw.eventlog.embedded")
 
 _READ_FLAGS = os.O_RDONLY | getattr(os, "O_CLOEXEC", 0)
+# Reads of another process's active segment: mostly its preallocated zeros past the last record,
+# read again at every poll, so smaller than a full chunk.
+_TAIL_CHUNK = 64 * 1024
 
 
 class PartitionCursor:
@@ -57,7 +60,8 @@ class PartitionCursor:
                     break
                 continue
             frames, self._pos, problem = read_frames(
-                self._fd, self._pos, seg.size, self.next_offset, max_records - len(out), self._max_body
+                self._fd, self._pos, seg.size, self.next_offset, max_records - len(out), self._max_body,
+                READ_CHUNK if plog.is_complete(seg) else _TAIL_CHUNK,
             )
             topic, partition = plog.topic, plog.partition
             out.extend(Record(topic, partition, f.offset, f.key, f.value, f.timestamp_ms) for f in frames)

@@ -16,7 +16,12 @@ A partition is a directory of segment files named by the offset of their first r
 frame found *after* a bad one, whose `durable_end` lies beyond the bad one, proves the bad bytes
 had been fsync'd before, so they were acknowledged and must not be truncated away. (A torn flush
 may leave holes, but every frame of that flush or an unacknowledged later one carries a
-`durable_end` at or before the hole.) Integers are big-endian. CRC-32 comes from zlib because it
+`durable_end` at or before the hole.) Integers are big-endian.
+
+The active segment of a running writer ends in preallocated zeros (see partition.py). A frame never
+starts with a zero byte, so zeros where a frame should start mean "nothing written here yet": recovery
+drops them like a torn tail, without the warning, and a reader of another process's segment waits
+there as it does at a frame still being written. CRC-32 comes from zlib because it
 needs no compiled extension and runs at memory speed.
 """
 
@@ -135,6 +140,7 @@ class ScanResult:
     index: SparseIndex
     bad_bytes: int = 0  # bytes after the last valid frame
     reason: str | None = None
+    zero_tail: bool = False  # the bad bytes are all zeros: unused preallocated space
 
 
 def scan_tail(path: Path, base_offset: int, max_body: int) -> ScanResult:
@@ -171,7 +177,16 @@ def scan_tail(path: Path, base_offset: int, max_body: int) -> ScanResult:
                     f"was written after byte {proof.durable_end} had been fsync'd: acknowledged records are "
                     "damaged; refusing to truncate them (restore the file or move it aside)"
                 )
-            return ScanResult(pos, expected, index, size - pos, reason)
+            return ScanResult(pos, expected, index, size - pos, reason, _all_zero(buf, pos, size))
+
+
+def _all_zero(buf: mmap.mmap, start: int, stop: int) -> bool:
+    with memoryview(buf) as view:
+        for i in range(start, stop, READ_CHUNK):
+            chunk = view[i : min(i + READ_CHUNK, stop)]
+            if chunk.tobytes().count(0) != len(chunk):
+                return False
+    return True
 
 
 def _durable_frame_after(buf: mmap.mmap, bad_at: int, max_body: int) -> Frame | None:
@@ -185,17 +200,17 @@ def _durable_frame_after(buf: mmap.mmap, bad_at: int, max_body: int) -> Frame | 
 
 
 def read_frames(
-    fd: int, pos: int, limit: int, expected: int, max_records: int, max_body: int
+    fd: int, pos: int, limit: int, expected: int, max_records: int, max_body: int, chunk: int = READ_CHUNK
 ) -> tuple[list[Frame], int, str | None]:
     """Frames from byte `pos` up to byte `limit`, checked for integrity and dense offsets.
 
     Returns the frames, the byte after the last of them, and why reading stopped before `limit`
     (`None` if it did not). Callers decide whether a stop is corruption (inside data known complete)
-    or a tail still being written (another process's active segment).
+    or a tail still being written (another process's active segment). `chunk` bounds each read.
     """
     frames: list[Frame] = []
     while pos < limit and len(frames) < max_records:
-        buf = os.pread(fd, min(READ_CHUNK, limit - pos), pos)
+        buf = os.pread(fd, min(chunk, limit - pos), pos)
         if not buf:
             return frames, pos, INCOMPLETE
         i = 0
@@ -248,6 +263,10 @@ def locate(fd: int, index: SparseIndex, base_offset: int, target: int, limit: in
         while offset < target and len(buf) - i >= OVERHEAD:
             magic, body_len, _ = _PREFIX.unpack_from(buf, i)
             found = _FIXED.unpack_from(buf, i + PREFIX_SIZE)[0]
+            if magic == b"\0\0" and body_len == 0:
+                # Preallocated space of another process's active segment: the end, for now. (Damage
+                # elsewhere is still caught: the caller compares the offset reached with the target.)
+                return pos + i, offset
             if magic != MAGIC or found != offset:
                 raise LogCorrupt(f"unreadable frame header at byte {pos + i} seeking offset {target}")
             if pos + i + PREFIX_SIZE + body_len > limit:

@@ -1,16 +1,21 @@
 """Group commit: every append queued while a flush is under way shares the next write and fsync.
 
 The writer takes everything queued (up to `max_flush_bytes`), assigns offsets, frames the records,
-and hands the writes plus one fdatasync per touched partition file to its own flush thread, so
-the event loop keeps taking appends meanwhile; those form the next flush, started as soon as this
-one returns. Appenders are settled only after the fsync returned, and readers see a record only
-then.
+and writes them plus one fdatasync per touched partition file. Appenders are settled only after
+the fsync returned, and readers see a record only then.
+
+Where the write+fsync runs (`LogLimits.inline_flush_max_s`): on the loop thread itself while the
+disk is fast, else on the writer's own flush thread. Inline, the appends arriving during the fsync
+wait in the sockets and join the next flush, started one loop pass after this one ends; the flush
+costs no thread hand-off, which on a busy loop means waiting for the GIL, and was measured at about
+as much CPU as the fsync itself. On the thread, the loop keeps taking appends meanwhile; a flush
+whose write+fsync took longer than the bound sends the next ones there, and a fast one brings them
+back, so a stalling disk blocks the loop for one flush, not for each.
 
 The loop side is plain callbacks, not a task: an append schedules the flush (one loop pass, so
-appends made in the same pass share it), the flush thread hands the outcome back with
-`call_soon_threadsafe`, and that callback settles the appenders and starts the next flush. A
-flush therefore costs two loop passes and two thread wake-ups, not a chain of task steps, which
-matters when one appender at a time waits for each fsync.
+appends made in the same pass share it); the flush runs there or goes to the thread, which hands
+the outcome back with `call_soon_threadsafe`; then the appenders are settled and the next flush
+scheduled.
 
 Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
@@ -21,6 +26,10 @@ that may never reach the disk. The failed flush's records are truncated away on 
 if that fails too, they may be found after the reopen. The error is thus one-sided, as audit needs:
 a record reported failed may exist (the caller's retry makes a duplicate), a record reported durable
 always exists.
+
+Appends go into preallocated zeros (see partition.py): when a flush would write past them, the same
+flush first writes the next `PREALLOCATE_BYTES` of zeros after its records, so one in so many flushes
+pays for the file-size change in its fdatasync and the others flush data only.
 
 Each partition a flush touches costs one fsync, done one after another: on one machine a single
 partition (the default) is the fast choice, and per-key order needs no more.
@@ -50,9 +59,17 @@ log = logging.getLogger("mcpgw.eventlog.embedded")
 # Module-level so tests can substitute a failing or counting sync. fdatasync suffices for appends:
 # it flushes the metadata needed to read the data back (the file size), skipping mtime.
 _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-_write: Callable[[int, memoryview], int] = os.write
+_pwrite: Callable[[int, memoryview, int], int] = os.pwrite
+
+# How far ahead of the records the active segment is zero-filled (never past `segment_bytes`). Larger
+# means fewer flushes that commit a size change, and a longer write for the one that does.
+PREALLOCATE_BYTES = 1024 * 1024
+_ZEROS = memoryview(bytes(PREALLOCATE_BYTES))
 
 Entry = tuple[PartitionLog, bytes | None, bytes]
+# One partition's part of a flush: the descriptor, the framed records, where they start, and the
+# range to fill with zeros after them (empty unless the flush writes past the preallocated end).
+Job = tuple[int | None, bytes, int, int, int]
 # Called once per append, on the loop thread: None when its records are durable, else why not.
 Settle = Callable[[LogError | None], None]
 
@@ -66,6 +83,7 @@ class LogStats:
     records: int = 0
     bytes: int = 0
     failed_flushes: int = 0
+    thread_flushes: int = 0  # write+fsyncs run on the flush thread (the disk was slow), not on the loop
 
 
 @dataclass(slots=True, eq=False)
@@ -130,6 +148,7 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: _FlushThread | None = None
         self._busy = False  # a flush is scheduled or under way
+        self._inline = limits.inline_flush_max_s is not None  # where the next flush's write+fsync runs
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
         self.failed: str | None = None  # set once an fsync failed: appends refused until reopened
@@ -255,14 +274,42 @@ class GroupCommitWriter:
             for p, key, value in app.entries:
                 chunks[p].append(encode(next_offset[p], ts, p.active.size, key, value))
                 next_offset[p] += 1
-        jobs = [(p.fd, b"".join(chunks[p]), p.active.size) for p in touched]
+        jobs: list[Job] = []
+        for p in touched:
+            blob = b"".join(chunks[p])
+            start = p.active.size
+            end = start + len(blob)
+            fill_from = max(end, p.allocated)
+            fill_to = fill_from
+            if end > p.allocated:
+                fill_to = end + min(PREALLOCATE_BYTES, max(0, p.config.segment_bytes - end))
+            jobs.append((p.fd, blob, start, fill_from, fill_to))
+        done = functools.partial(self._flushed, batch, touched, jobs, next_offset)
+        if self._inline:
+            try:
+                elapsed, error = _write_and_sync(jobs), None
+            except BaseException as exc:  # as on the thread: the outcome decides, `_flushed` fails closed
+                elapsed, error = None, exc
+            done(elapsed, error)
+            return
         assert self._thread is not None
-        self._thread.submit(_write_and_sync, jobs, functools.partial(self._flushed, batch, touched, jobs, next_offset))
+        self.stats.thread_flushes += 1
+        self._thread.submit(_write_and_sync, jobs, done)
 
-    def _flushed(self, batch: list[_Append], touched: list[PartitionLog], jobs: list[tuple[int | None, bytes, int]],
-                 next_offset: dict[PartitionLog, int], _result: None, error: BaseException | None) -> None:
+    def _flushed(self, batch: list[_Append], touched: list[PartitionLog], jobs: list[Job],
+                 next_offset: dict[PartitionLog, int], elapsed: float | None, error: BaseException | None) -> None:
+        bound = self._limits.inline_flush_max_s
+        if bound is not None:
+            inline = elapsed is not None and elapsed < bound
+            if inline != self._inline:
+                log.debug("event log: flushes now run on the %s (the last write+fsync took %s)",
+                         "event loop" if inline else "flush thread",
+                         "?" if elapsed is None else f"{elapsed * 1000:.1f} ms")
+            self._inline = inline
         if error is not None:
             self.stats.failed_flushes += 1
+            for p, (_, _, start, _, _) in zip(touched, jobs, strict=True):
+                p.allocated = min(p.allocated, start)  # the rollback cut the file there
             if not isinstance(error, _FlushFailed):
                 self._crashed(batch, error)
                 return
@@ -276,9 +323,10 @@ class GroupCommitWriter:
             return
         try:
             topics = set()
-            for p, (_, blob, start) in zip(touched, jobs, strict=True):
+            for p, (_, blob, start, _, fill_to) in zip(touched, jobs, strict=True):
                 p.active.index.add(p.high_watermark, start)
                 p.active.size = start + len(blob)
+                p.allocated = max(p.allocated, fill_to)
                 p.high_watermark = next_offset[p]
                 self.stats.bytes += len(blob)
                 topics.add(p.topic)
@@ -336,22 +384,33 @@ def _create_segments(partitions: list[PartitionLog]) -> list[int]:
     return fds
 
 
-def _write_and_sync(jobs: list[tuple[int | None, bytes, int]]) -> None:
-    """Flush thread: append each blob, then fsync each file; on error undo every append."""
+def _write_all(fd: int, view: memoryview, position: int) -> None:
+    while view:
+        n = _pwrite(fd, view, position)
+        view, position = view[n:], position + n
+
+
+def _write_and_sync(jobs: list[Job]) -> float:
+    """Write each blob (and zeros after it, if due), then fsync each file; on error undo every write.
+
+    Returns the seconds it took, which decide where the next flush runs.
+    """
+    began = time.perf_counter()
     phase = "write"
     try:
-        for fd, blob, _ in jobs:
+        for fd, blob, start, fill_from, fill_to in jobs:
             assert fd is not None, "partition not open for appending"
-            view = memoryview(blob)
-            while view:
-                view = view[_write(fd, view) :]
+            _write_all(fd, memoryview(blob), start)
+            if fill_to > fill_from:
+                _write_all(fd, _ZEROS[: fill_to - fill_from], fill_from)
         phase = "fsync"
-        for fd, _, _ in jobs:
+        for fd, _, _, _, _ in jobs:
             assert fd is not None
             _sync(fd)
+        return time.perf_counter() - began
     except OSError as exc:
         recovered = phase == "write"
-        for fd, _, start in jobs:
+        for fd, _, start, _, _ in jobs:
             try:
                 assert fd is not None
                 os.ftruncate(fd, start)

@@ -12,7 +12,7 @@ import pytest
 
 from eventlog.base import TOPIC_DECISIONS, LogError, LogUnavailable, TopicPartition
 from eventlog.embedded import EmbeddedLog, LogLocked, Retention, TopicConfig
-from eventlog.embedded.segment import encode
+from eventlog.embedded.segment import OVERHEAD, encode, scan_tail
 from tests.eventlog.backends import next_offsets, read_n, read_until_quiet
 
 
@@ -252,3 +252,37 @@ async def test_cancelled_commits_never_leave_a_torn_offsets_file(tmp_path: Path)
         again = log.consumer("g", ["t"])
         await again.start()
         assert await again.committed(tp) == 100
+
+
+async def test_the_active_segment_is_preallocated_and_cut_back_to_its_records_on_close(tmp_path: Path) -> None:
+    seg = tmp_path / "t" / "0" / f"{0:020d}.log"
+    values = [f"record-{i}".encode() for i in range(3)]
+    async with EmbeddedLog(tmp_path) as log:
+        producer = log.producer()
+        for value in values:
+            await producer.append("t", b"k", value)
+        records_size = 3 * (OVERHEAD + 1 + len(values[0]))
+        assert seg.stat().st_size > records_size, "zeros written ahead of the records"
+        # Another process's reader sees the zeros as "not written yet", never as damage.
+        async with EmbeddedLog(tmp_path, read_only=True, poll_interval_s=0.01) as reader_log:
+            assert (await reader_log.end_offsets("t"))[TopicPartition("t", 0)] == 3
+            consumer = reader_log.consumer("g", ["t"])
+            await consumer.start()
+            assert [r.value for r in await read_until_quiet(consumer, quiet_s=0.05)] == values
+            await producer.append("t", b"k", b"later")
+            assert [r.value for r in await read_n(consumer, 1)] == [b"later"]
+            assert await consumer.poll(10, 0.05) == []
+    assert seg.stat().st_size == records_size + OVERHEAD + 1 + len(b"later")
+
+
+async def test_a_rolled_segment_ends_at_its_last_record(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path, segment_bytes=1000) as log:
+        producer = log.producer()
+        for i in range(60):
+            await producer.append("t", b"k", f"v{i:02d}".encode() + b"." * 40)
+        segments = sorted((tmp_path / "t" / "0").glob("*.log"))
+        assert len(segments) > 2
+        for n, path in enumerate(segments[:-1]):  # checked while the writer is still open
+            scan = scan_tail(path, int(path.stem), 1 << 20)
+            assert (scan.bad_bytes, scan.valid_size) == (0, path.stat().st_size), path.name
+            assert scan.next_offset == int(segments[n + 1].stem)

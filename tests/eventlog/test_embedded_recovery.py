@@ -80,6 +80,39 @@ async def test_junk_after_the_last_record_is_dropped(tmp_path: Path, tail: bytes
         assert [r.offset for r in await read_everything(log)] == list(range(6))
 
 
+async def test_preallocated_zeros_left_by_a_writer_that_died_are_dropped_without_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await append_one_by_one(tmp_path, 5)
+    seg = first_segment(tmp_path)
+    clean = seg.stat().st_size
+    with seg.open("ab") as f:
+        f.write(bytes(1 << 20))  # what a killed writer leaves after its last flush
+    with caplog.at_level(logging.INFO, logger="mcpgw.eventlog.embedded"):
+        async with EmbeddedLog(tmp_path) as log:
+            assert [r.offset for r in await read_everything(log)] == list(range(5))
+            await log.producer().append("t", b"k", b"next")
+            assert [r.value for r in await read_everything(log)][-1] == b"next"
+    assert not [r for r in caplog.records if r.levelno >= logging.WARNING], caplog.text
+    assert f"dropping {1 << 20} preallocated bytes" in caplog.text
+    assert seg.stat().st_size == clean + OVERHEAD + len(b"k") + len(b"next")
+
+
+async def test_a_torn_frame_in_preallocated_space_is_truncated_with_a_warning(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    await append_one_by_one(tmp_path, 5)
+    seg = first_segment(tmp_path)
+    clean = seg.stat().st_size
+    with seg.open("ab") as f:
+        f.write(b"\xc7\x10\x00\x00\x00\x40torn" + bytes(8192))  # a frame cut short, then unused zeros
+    with caplog.at_level(logging.WARNING, logger="mcpgw.eventlog.embedded"):
+        async with EmbeddedLog(tmp_path) as log:
+            assert f"truncating {10 + 8192} bytes" in caplog.text
+            assert [r.offset for r in await read_everything(log)] == list(range(5))
+    assert seg.stat().st_size == clean
+
+
 async def test_a_hole_inside_the_last_unacknowledged_flush_is_a_torn_tail(
     tmp_path: Path, caplog: pytest.LogCaptureFixture
 ) -> None:

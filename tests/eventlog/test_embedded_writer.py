@@ -24,6 +24,10 @@ async def values(log: EmbeddedLog, group: str, topic: str = "t") -> list[bytes]:
         await consumer.close()
 
 
+# Where the write+fsync runs: always on the loop (a bound no flush reaches) or always on the thread.
+WHERE = pytest.mark.parametrize("bound", [60.0, None], ids=["inline", "thread"])
+
+
 def failing(err: int) -> object:
     def sync(fd: int) -> None:
         raise OSError(err, os.strerror(err))
@@ -31,10 +35,11 @@ def failing(err: int) -> object:
     return sync
 
 
+@WHERE
 async def test_a_failed_fsync_fails_every_waiter_and_stops_the_log_until_reopened(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: float | None
 ) -> None:
-    async with EmbeddedLog(tmp_path) as log:
+    async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=bound)) as log:
         producer = log.producer()
         await producer.append("t", b"k", b"durable")
         monkeypatch.setattr(writer, "_sync", failing(errno.EIO))
@@ -52,18 +57,19 @@ async def test_a_failed_fsync_fails_every_waiter_and_stops_the_log_until_reopene
         assert await values(log, "g2") == [b"durable", b"after reopen"]
 
 
+@WHERE
 async def test_a_failed_write_is_rolled_back_and_the_log_keeps_working(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, bound: float | None
 ) -> None:
-    def half_then_full(fd: int, data: memoryview) -> int:
+    def half_then_full(fd: int, data: memoryview, position: int) -> int:
         if len(data) > 8:
-            return os.write(fd, data[: len(data) // 2])  # a short write; the retry hits ENOSPC
+            return os.pwrite(fd, data[: len(data) // 2], position)  # a short write; the retry hits ENOSPC
         raise OSError(errno.ENOSPC, "No space left on device")
 
-    async with EmbeddedLog(tmp_path) as log:
+    async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=bound)) as log:
         producer = log.producer()
         await producer.append("t", b"k", b"first")
-        monkeypatch.setattr(writer, "_write", half_then_full)
+        monkeypatch.setattr(writer, "_pwrite", half_then_full)
         results = await asyncio.gather(
             *(producer.append("t", b"k", b"x" * 100) for _ in range(5)), return_exceptions=True
         )
@@ -87,7 +93,8 @@ async def test_appends_beyond_max_pending_are_refused_not_buffered(
         real_sync(fd)
 
     monkeypatch.setattr(writer, "_sync", slow_sync)
-    async with EmbeddedLog(tmp_path, limits=LogLimits(max_pending_records=5)) as log:
+    # On the flush thread, where a slow disk sends the flushes: the loop keeps taking appends meanwhile.
+    async with EmbeddedLog(tmp_path, limits=LogLimits(max_pending_records=5, inline_flush_max_s=None)) as log:
         producer = log.producer()
         waiting = [asyncio.create_task(producer.append("t", b"k", str(i).encode())) for i in range(5)]
         await asyncio.sleep(0.05)  # the first flush is stuck in fsync, the rest queue behind it
@@ -163,3 +170,16 @@ async def test_partitions_are_spread_by_key_and_fsynced_once_per_flush_each(tmp_
         assert log.stats.fsyncs == 3
         ends = await log.end_offsets("t")
         assert sum(ends.values()) == 30 and all(ends.values())
+
+
+@pytest.mark.parametrize(("bound", "on_thread"), [(60.0, 0), (0.0, 9), (None, 10)])
+async def test_a_flush_slower_than_the_bound_sends_the_next_ones_to_the_thread(
+    tmp_path: Path, bound: float | None, on_thread: int
+) -> None:
+    async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=bound)) as log:
+        await log.create_topic("t")
+        producer = log.producer()
+        for i in range(10):
+            await producer.append("t", b"k", str(i).encode())
+        assert (log.stats.flushes, log.stats.thread_flushes) == (10, on_thread)
+        assert await values(log, "g") == [str(i).encode() for i in range(10)]
