@@ -16,9 +16,9 @@ With `create_topics` (the default) absent topics are created, with their configu
 before first use, and checked again after a failed append or a lost broker connection. A topic lost
 while in use (a memory-only dev broker restarted) may instead be recreated by the broker itself with
 its defaults, because aiokafka's metadata requests always allow auto-creation: production brokers
-should run with auto.create.topics.enable=false (Apache Kafka's default is true). An append during
-which a connection broke is sent again once (see `append_batch`): a restarted broker may have
-acknowledged it and lost it.
+should run with auto.create.topics.enable=false (Apache Kafka's default is true). Without
+idempotence, an append during which a connection broke is sent again once (see `append_batch`): a
+restarted broker may have acknowledged it and lost it.
 """
 
 from __future__ import annotations
@@ -79,13 +79,14 @@ class KafkaProducer:
         if self._settings.create_topics and self._ensured.get(topic) != losses:
             await self._ensure_topic(topic)
         await self._send(producer, topic, records, deadline)
-        if self._losses == losses:
+        if self._losses == losses or self._settings.enable_idempotence:
             return
         # A connection broke while this batch was in flight, so it may have been acknowledged by a
         # broker that had just restarted empty: Tansu (memory storage) acknowledges a produce to a
         # topic it no longer has, then loses the record when a metadata request re-creates the
         # topic. Check the topic and send the batch again; a duplicate is the at-least-once case
-        # consumers already dedupe.
+        # consumers already dedupe. Not with idempotence, which promises no duplicates (and which
+        # only brokers that keep their topics and refuse unknown ones support, Tansu does not).
         log.warning("kafka: connection lost during an append to %r; checking the topic and sending again", topic)
         losses = self._losses
         if self._settings.create_topics:
