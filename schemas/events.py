@@ -12,6 +12,7 @@ vocabulary of the audit store (DESIGN.md §3). Events are plain values; chain fi
 from __future__ import annotations
 
 import dataclasses
+import os
 import random
 import time
 from dataclasses import dataclass
@@ -120,24 +121,43 @@ class GatewayEvent:
 
 _last_ms = 0
 _counter = 0
-_random_bits = random.Random().getrandbits
+_ms_text = "00000000-0000-"  # the id's first two groups, for `_last_ms`
+_tail_text = "-8000-000000000000"  # variant and random bits, drawn anew with every millisecond
+_random = random.Random()
+_random_bits = _random.getrandbits
+# A forked child would otherwise draw the same random bits as its parent.
+os.register_at_fork(after_in_child=_random.seed)
+# Version nibble and counter, as text: one table lookup instead of formatting per id.
+_COUNTER_TEXT = tuple(f"7{c:03x}" for c in range(0x1000))
+_VARIANT = 0b10 << 62
+
+
+def _set_ms(ms: int) -> None:
+    global _last_ms, _ms_text, _tail_text
+    _last_ms = ms
+    h = f"{ms:012x}"
+    _ms_text = f"{h[:8]}-{h[8:]}-"
+    # uniqueness, not secrecy: ids are not credentials
+    _tail_text = "-" + (_VARIANT | _random_bits(62)).to_bytes(8, "big").hex("-", 6)
 
 
 def new_event_id(now_ns: int | None = None) -> str:
-    """A UUIDv7 string: time-ordered, so ids sort by creation time within a process."""
-    global _last_ms, _counter
+    """A UUIDv7 string: time-ordered, so ids sort by creation time within a process.
+
+    Unix milliseconds, then a counter that orders the ids of one millisecond, then 62 random bits
+    that keep ids of different processes apart; those are drawn once per millisecond, since within
+    one the counter already does. So an id is three strings joined: formatting a 128-bit integer
+    per id cost about 5 µs of gateway CPU under load, and a tool call makes five ids.
+    """
+    global _counter
     ms = (now_ns if now_ns is not None else time.time_ns()) // 1_000_000
-    if ms <= _last_ms:
+    if ms > _last_ms:
+        _counter = 0
+        _set_ms(ms)
+    else:
         # Same millisecond (or clock stepped back): keep ids strictly increasing.
-        ms = _last_ms
         _counter += 1
         if _counter > 0xFFF:
-            ms += 1
             _counter = 0
-    else:
-        _counter = 0
-    _last_ms = ms
-    rand = _random_bits(62)  # uniqueness, not secrecy: ids are not credentials
-    value = (ms << 80) | (0x7 << 76) | (_counter << 64) | (0b10 << 62) | rand
-    h = f"{value:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+            _set_ms(_last_ms + 1)
+    return _ms_text + _COUNTER_TEXT[_counter] + _tail_text
