@@ -5,7 +5,7 @@ Layout under `root`:
     .lock                                   flock'd by the one process that appends (holds its pid)
     .groups/<group>.json, <group>.lock      committed offsets per consumer group, member lock
     <topic>/topic.json                      partition count fixed at creation
-    <topic>/<partition>/<base:020d>.log     segments
+    <topic>/<partition>/<base:020d>.log     segments (the active one preallocated with zeros while open)
 
 Opened `read_only=True` (no lock, no recovery, never writes records), the log serves consumers in
 another process than the writer; they notice new records by looking at the files every

@@ -1,7 +1,7 @@
 """One partition on disk: its segments, the recovery of its tail, rolling, and retention.
 
-The state here changes only on the event loop thread (the writer hands file I/O to its flush
-thread and applies the outcome afterwards), so readers on the loop always see a consistent view:
+The state here changes only on the event loop thread (the writer applies a flush's outcome there,
+whether its file I/O ran on the loop or on the flush thread), so readers on the loop always see a consistent view:
 `Segment.size` is the number of bytes a reader may read, which for a writable log is what has been
 fsync'd, never what is merely written.
 
@@ -128,9 +128,10 @@ class PartitionLog:
         in zeros, even after a crash.
         """
         if self.fd is not None and self.allocated > self.active.size:
+            # `allocated` stays as is (state changes on the loop only): if the creation below fails,
+            # the retry cuts again, which is harmless, and no flush writes here before a roll succeeds.
             os.ftruncate(self.fd, self.active.size)
             os.fsync(self.fd)
-            self.allocated = self.active.size  # read on the loop only after this job returned
         fd = os.open(segment_path(self.directory, base_offset), _WRITE_FLAGS, 0o644)
         try:
             fsync_dir(self.directory)
