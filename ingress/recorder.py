@@ -109,17 +109,20 @@ class Recorder:
             code, message = _error_of(body) if "error" in body else (None, "")
             method = ctx.method
         raw_id = body.get("id")
-        payload = _held_payload(ctx.deferred, wire) or prepare_payload(wire, self.payload_policy)
+        held = ctx.deferred
+        payload = _held_payload(held, wire) if held else None
+        stored, sha256, size, redactions, truncated = payload or prepare_payload(wire, self.payload_policy)
+        now_ns = time.time_ns()  # one clock read for the id and the timestamp
         return GatewayEvent(
             event_type, kind, _TYPE_DIRECTION.get(event_type, Direction.INTERNAL),
             outcome or (Outcome.OK if code is None else Outcome.ERROR),
-            new_event_id(), time.time_ns() // 1000,
+            new_event_id(now_ns), now_ns // 1000,
             "", 0, "", "",  # chain fields: the sink numbers the event
             self.instance_id, ctx.era, ctx.protocol_version, ctx.transport, ctx.session_id, ctx.correlation_id,
             ctx.tenant, ctx.principal, "", ctx.client_addr, server or ctx.server,
             "" if raw_id is None else raw_id if type(raw_id) is str else str(raw_id),
             method, ctx.tool, ctx.resource_uri, ctx.prompt_name, code, message, latency_us,
-            payload.stored, payload.sha256, payload.size, payload.redactions, payload.truncated,
+            stored, sha256, size, redactions, truncated,
             ctx.trace_id, ctx.span_id, detail, self.audit_mode,
         )  # fmt: skip
 

@@ -107,6 +107,11 @@ _ANY_LOWER_ANCHOR = re.compile(_literal_trie(sorted(
 )))
 
 
+def may_hold_secret(raw: bytes) -> bool:
+    """False only when `secret_prescan(raw)` is `((), False)`: no pattern can match, no key names a secret."""
+    return _ANY_LOWER_ANCHOR.search(raw.lower()) is not None
+
+
 def secret_prescan(raw: bytes) -> tuple[tuple[SecretPattern, ...], bool]:
     """`(patterns_in(raw), may_name_secret(raw))`, faster when `raw` has none of their anchors."""
     if _ANY_LOWER_ANCHOR.search(raw.lower()) is None:
