@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from eventlog.base import Producer
-from eventlog.embedded.config import Retention
+from eventlog.embedded.config import LogLimits, Retention
 from eventlog.embedded.log import EmbeddedLog
 from eventlog.kafka import KafkaProducer
 from eventlog.spool import DRAIN_GROUP, SpoolingProducer
@@ -28,8 +28,10 @@ log = logging.getLogger("mcpgw")
 
 
 def embedded_log(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
+    bound = config.flush_on_loop_max_ms
     return EmbeddedLog(root, partitions=config.partitions, segment_bytes=config.segment_bytes,
-                       retention=Retention(config.retention.max_bytes, config.retention.max_age_s))
+                       retention=Retention(config.retention.max_bytes, config.retention.max_age_s),
+                       limits=LogLimits(inline_flush_max_s=None if bound is None else bound / 1000))
 
 
 @dataclass(frozen=True)

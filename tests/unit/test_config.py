@@ -328,3 +328,23 @@ def test_load_config_reports_validation_problems_with_file_name(tmp_path: Path) 
         load_config(path)
     assert info.value.source == str(path)
     assert by_path(info.value.problems, "servrs")
+
+
+@pytest.mark.parametrize(("value", "bound_s"), [(None, None), (0, 0.0), (2.5, 0.0025)])
+def test_embedded_flush_on_loop_bound_reaches_the_log(tmp_path: Path, value: float | None,
+                                                      bound_s: float | None) -> None:
+    from mcpgw.sinks import embedded_log
+
+    config = parse_config({"auth": "none", "event_log": {"embedded": {"flush_on_loop_max_ms": value}}})
+    assert config.event_log is not None and config.event_log.embedded is not None
+    log = embedded_log(tmp_path, config.event_log.embedded)
+    assert log.config.limits.inline_flush_max_s == bound_s
+
+
+def test_embedded_flush_on_loop_bound_defaults_to_4_ms(tmp_path: Path) -> None:
+    from mcpgw.config import EmbeddedLogConfig
+    from mcpgw.sinks import embedded_log
+
+    assert embedded_log(tmp_path, EmbeddedLogConfig()).config.limits.inline_flush_max_s == 0.004
+    assert by_path(problems({"auth": "none", "event_log": {"embedded": {"flush_on_loop_max_ms": -1}}}),
+                   "event_log.embedded.flush_on_loop_max_ms")
