@@ -38,9 +38,9 @@ class EmbeddedLogConfig(Strict):
     partitions: int = Field(1, ge=1)
     segment_bytes: int = Field(64 * 1024 * 1024, ge=1024)
     retention: RetentionConfig = RetentionConfig()
-    # A flush's write+fsync runs on the event loop while the previous one took less than this (no
-    # thread hand-off per audited hop); a slower disk moves flushes to the log's own thread until it
-    # is fast again. null: always the thread (the loop is never blocked by the disk).
+    # In strict audit mode a flush's write+fsync runs on the event loop while the previous one took
+    # less than this (no thread hand-off per audited hop); a slower disk moves flushes to the log's
+    # own thread until it is fast again. null, or async mode: always the thread.
     flush_on_loop_max_ms: float | None = Field(4.0, ge=0)
 
 

@@ -27,8 +27,10 @@ from schemas.codec import EventCodec, event_hash
 log = logging.getLogger("mcpgw")
 
 
-def embedded_log(root: Path, config: EmbeddedLogConfig) -> EmbeddedLog:
-    bound = config.flush_on_loop_max_ms
+def embedded_log(root: Path, config: EmbeddedLogConfig, flush_on_loop: bool = True) -> EmbeddedLog:
+    """`flush_on_loop=False` keeps the disk off the event loop whatever the config says: in async audit
+    mode nobody waits for a flush, so blocking the loop for one would only delay the traffic."""
+    bound = config.flush_on_loop_max_ms if flush_on_loop else None
     return EmbeddedLog(root, partitions=config.partitions, segment_bytes=config.segment_bytes,
                        retention=Retention(config.retention.max_bytes, config.retention.max_age_s),
                        limits=LogLimits(inline_flush_max_s=None if bound is None else bound / 1000))
@@ -51,10 +53,11 @@ async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitS
         log.warning("event_log: memory: events are NOT durable (tests and benchmarks only)")
         return OpenedSink(MemoryEventSink(capacity=event_log.memory.capacity), None)
     data_dir = Path(config.data_dir)
+    strict = config.audit.mode == "strict"
     producer: Producer
     local: EmbeddedLog | None = None
     if event_log is not None and event_log.kafka is not None:
-        spool = embedded_log(data_dir / "spool", event_log.spool)
+        spool = embedded_log(data_dir / "spool", event_log.spool, strict)
         await spool.open()
         stack.push_async_callback(spool.close)
         producer = SpoolingProducer(KafkaProducer(event_log.kafka), spool.producer(),
@@ -62,7 +65,7 @@ async def open_event_log(config: GatewayConfig, instance: str, stack: AsyncExitS
         where = f"Kafka at {event_log.kafka.bootstrap_servers} (spool: {data_dir / 'spool'})"
     else:
         embedded = event_log.embedded if event_log is not None and event_log.embedded else EmbeddedLogConfig()
-        local = embedded_log(data_dir / "log", embedded)
+        local = embedded_log(data_dir / "log", embedded, strict)
         await local.open()
         stack.push_async_callback(local.close)
         producer = local.producer()

@@ -348,3 +348,10 @@ def test_embedded_flush_on_loop_bound_defaults_to_4_ms(tmp_path: Path) -> None:
     assert embedded_log(tmp_path, EmbeddedLogConfig()).config.limits.inline_flush_max_s == 0.004
     assert by_path(problems({"auth": "none", "event_log": {"embedded": {"flush_on_loop_max_ms": -1}}}),
                    "event_log.embedded.flush_on_loop_max_ms")
+
+
+def test_async_audit_mode_keeps_the_disk_off_the_event_loop(tmp_path: Path) -> None:
+    from mcpgw.config import EmbeddedLogConfig
+    from mcpgw.sinks import embedded_log
+
+    assert embedded_log(tmp_path, EmbeddedLogConfig(), flush_on_loop=False).config.limits.inline_flush_max_s is None
