@@ -15,6 +15,7 @@ import logging
 import socket
 import time
 import uuid
+from collections.abc import Awaitable, Generator
 from typing import Any
 
 from ingress.sink import EventSink
@@ -75,6 +76,18 @@ def _held_payload(held: list[GatewayEvent], wire: bytes) -> PreparedPayload | No
         if event.redactions == 0 and not event.payload_truncated and event.payload == wire:
             return PreparedPayload(event.payload, event.payload_sha256, event.payload_size, 0, False)
     return None
+
+
+class _Done:
+    """An awaitable that is already complete, awaitable any number of times."""
+
+    __slots__ = ()
+
+    def __await__(self) -> Generator[Any, Any, None]:
+        yield from ()
+
+
+_DONE = _Done()
 
 
 class Recorder:
@@ -143,42 +156,45 @@ class Recorder:
         if not event.protocol_version:
             event.protocol_version = ctx.protocol_version
 
-    async def _write(self, events: list[GatewayEvent]) -> None:
+    # The writing methods are plain functions returning the sink's awaitable (or one already
+    # done), not coroutines: every call goes through them twice, and each coroutine layer between
+    # the caller's await and the sink costs a frame, a send and a StopIteration.
+    def _write(self, events: list[GatewayEvent]) -> Awaitable[None]:
         if self.mode == "strict":
             # Not shielded: a sink takes the events synchronously before it awaits durability, so a
             # cancelled caller stops waiting but cannot un-record them.
-            await self.sink.record(*events)
-            return
+            return self.sink.record(*events)
         task = asyncio.ensure_future(self.sink.record(*events))
         self._pending.add(task)
         task.add_done_callback(self._written)
+        return _DONE
 
     def _written(self, task: asyncio.Task[None]) -> None:
         self._pending.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("async audit write failed", exc_info=task.exception())
 
-    async def flush(self, ctx: CallContext, *more: GatewayEvent) -> None:
+    def flush(self, ctx: CallContext, *more: GatewayEvent) -> Awaitable[None]:
         """Record the call's held events (and `more`) now."""
         if not ctx.deferred and not more:
-            return
+            return _DONE
         events: list[GatewayEvent] = ctx.deferred
         ctx.deferred = []
         for event in events:
             self._fill(event, ctx)
         events.extend(more)
-        await self._write(events)
+        return self._write(events)
 
     # -- agent side ---------------------------------------------------------------------------
 
     def agent_received(self, ctx: CallContext, body: JsonObject, wire: bytes) -> None:
         ctx.deferred.append(self.event(EventType.AGENT_MESSAGE_RECEIVED, body, wire, ctx))
 
-    async def agent_sent(
+    def agent_sent(
         self, ctx: CallContext, body: JsonObject, wire: bytes, outcome: Outcome | None = None, final: bool = True
-    ) -> None:
+    ) -> Awaitable[None]:
         latency = (time.perf_counter_ns() - ctx.started_ns) // 1000 if final else None
-        await self.flush(ctx, self.event(EventType.AGENT_MESSAGE_SENT, body, wire, ctx, outcome=outcome,
+        return self.flush(ctx, self.event(EventType.AGENT_MESSAGE_SENT, body, wire, ctx, outcome=outcome,
                                          latency_us=latency))
 
     async def refused(
@@ -200,19 +216,19 @@ class Recorder:
 
     # -- upstream side (UpstreamTap) ----------------------------------------------------------------
 
-    async def sent(self, server: str, body: JsonObject, wire: bytes, ctx: CallContext) -> None:
-        await self.flush(ctx, self.event(EventType.UPSTREAM_MESSAGE_SENT, body, wire, ctx, server=server))
+    def sent(self, server: str, body: JsonObject, wire: bytes, ctx: CallContext) -> Awaitable[None]:
+        return self.flush(ctx, self.event(EventType.UPSTREAM_MESSAGE_SENT, body, wire, ctx, server=server))
 
-    async def received(
+    def received(
         self, server: str, body: JsonObject, wire: bytes, ctx: CallContext, latency_us: int | None
-    ) -> None:
+    ) -> Awaitable[None]:
         outcome = Outcome.UPSTREAM_ERROR if "error" in body or not body else None
         event = self.event(EventType.UPSTREAM_MESSAGE_RECEIVED, body, wire, ctx, server=server,
                            outcome=outcome, latency_us=latency_us)
         if ctx.handler is None:
-            await self._write([event])  # nothing further happens on this call: record it now
-        else:
-            ctx.deferred.append(event)
+            return self._write([event])  # nothing further happens on this call: record it now
+        ctx.deferred.append(event)
+        return _DONE
 
     async def drain(self) -> None:
         while self._pending:

@@ -74,6 +74,11 @@ async def read_body(gateway: Gateway, request: web.Request, ctx: CallContext) ->
                             f"Payload too large: {length} bytes is over the {limit}-byte limit "
                             "(limits.max_body_bytes)", Outcome.REFUSED)
     if length is not None:
+        content = request.content
+        if content.is_eof():
+            # The whole body came with the head (the usual small message): take it as is, without
+            # read()'s two awaits and its bytearray copy.
+            return content.read_nowait()
         return await request.read()
     chunks: list[bytes] = []
     size = 0

@@ -71,11 +71,11 @@ class CallContext:
 
 
 class UpstreamTap(Protocol):
-    async def sent(self, server: str, body: JsonObject, wire: bytes, ctx: CallContext) -> None: ...
+    def sent(self, server: str, body: JsonObject, wire: bytes, ctx: CallContext) -> Awaitable[None]: ...
 
-    async def received(
+    def received(
         self, server: str, body: JsonObject, wire: bytes, ctx: CallContext, latency_us: int | None
-    ) -> None: ...
+    ) -> Awaitable[None]: ...
 
 
 class UpstreamState(StrEnum):

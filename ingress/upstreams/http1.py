@@ -91,6 +91,11 @@ class Http1Response:
             self._headers = CIMultiDictProxy(CIMultiDict(self._pairs))
         return self._headers
 
+    @property
+    def buffered_body(self) -> bytes | None:
+        """The body when it came whole with the head (most answers): no read to await."""
+        return self._body
+
     async def read(self) -> bytes:
         if self._body is None:
             assert self.content is not None

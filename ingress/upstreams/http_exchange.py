@@ -159,7 +159,8 @@ class HttpExchange(HttpUpstreamBase):
         ctype = resp.content_type
         if status == 200 or (200 < status < 300 and status != 202):
             if ctype == "application/json":
-                return await self._final(await resp.read(), expect_id, call, sent_ns)
+                raw = resp.buffered_body if type(resp) is Http1Response else None
+                return await self._final(raw if raw is not None else await resp.read(), expect_id, call, sent_ns)
             if ctype == "text/event-stream":
                 return await self._read_stream(resp, expect_id, call, sent_ns, generation)
             raise UpstreamProtocolError(self.name, f"{call.method} was answered with Content-Type {ctype!r}")
