@@ -58,6 +58,13 @@ EVENT_RENAMES: Mapping[str, str] = {"ts_us": "ts"}
 _VALUE_ERRORS = (TypeError, ValueError, KeyError, AttributeError, OverflowError)
 # The `hash` field of a sealed event: a string of 64 hex digits, so its length prefix is fixed.
 _HASH_PREFIX = b"\x80\x01"
+# String fields whose values recur across events (all events of a call share most of them, and a
+# gateway has few instances, tenants, principals, servers, tools): the writer caches their encodings.
+EVENT_REPEATED = frozenset({
+    "stream_id", "gateway_instance", "protocol_era", "protocol_version", "transport", "session_id",
+    "correlation_id", "tenant", "principal", "on_behalf_of", "client_addr", "server", "jsonrpc_id",
+    "method", "tool", "resource_uri", "prompt_name", "trace_id",
+})  # fmt: skip
 _EMPTY_STRING = b"\x00"
 
 
@@ -234,6 +241,7 @@ class DataclassCodec(Generic[T]):
     fullname: ClassVar[str]
     renames: ClassVar[Mapping[str, str]] = {}
     split_at: ClassVar[str | None] = None  # a field the writer can leave out (see `EventCodec.seal`)
+    repeated: ClassVar[frozenset[str]] = frozenset()  # string fields of recurring values
 
     def __init__(
         self,
@@ -249,7 +257,7 @@ class DataclassCodec(Generic[T]):
         current = catalog.schema(self.fullname)
         self.records = RecordCodec(current, writer_schemas=known, wire=wire, registry=registry)
         self.version = catalog.version_of(current)
-        self._writer = _writer_for(current, self.fields.avro_names, self.split_at)
+        self._writer = _writer_for(current, self.fields.avro_names, self.split_at, self.repeated)
 
     def encode(self, value: T) -> bytes:
         writer = self._writer
@@ -269,6 +277,7 @@ class EventCodec(DataclassCodec[GatewayEvent]):
     fullname = catalog.GATEWAY_EVENT
     renames = EVENT_RENAMES
     split_at = "hash"
+    repeated = EVENT_REPEATED
 
     def seal(self, event: GatewayEvent) -> bytes:
         """Set `event.hash` to `event_hash(event)` and return `encode(event)`, from one encoding.
@@ -302,10 +311,11 @@ class DecisionCodec(DataclassCodec[Decision]):
     fullname = catalog.DECISION
 
 
-def _writer_for(schema: Schema, avro_names: tuple[str, ...], split_at: str | None) -> RecordWriter | None:
+def _writer_for(schema: Schema, avro_names: tuple[str, ...], split_at: str | None,
+                repeated: frozenset[str] = frozenset()) -> RecordWriter | None:
     """A generated writer taking the dataclass's values as they come, if the schema allows one."""
     try:
-        writer = RecordWriter(catalog.without_logical_types(schema), split_at=split_at)
+        writer = RecordWriter(catalog.without_logical_types(schema), split_at=split_at, repeated=repeated)
     except UnsupportedSchema:
         return None
     return writer if writer.fields == avro_names else None
@@ -325,7 +335,8 @@ def _event_schema(version: int) -> Schema:
 @functools.cache
 def _event_writer(version: int) -> RecordWriter | None:
     """The generated writer of one revision, if that revision's fields are the dataclass's (the current one's)."""
-    return _writer_for(catalog.versions(catalog.GATEWAY_EVENT)[version], _EVENT_FIELDS.avro_names, "hash")
+    schema = catalog.versions(catalog.GATEWAY_EVENT)[version]
+    return _writer_for(schema, _EVENT_FIELDS.avro_names, "hash", EVENT_REPEATED)
 
 
 def _canonical_parts(event: GatewayEvent) -> tuple[bytes, bytes] | None:

@@ -81,6 +81,44 @@ def test_events_are_written_byte_for_byte_as_fastavro_writes_them() -> None:
         assert writer.write(FIELDS.values(event)) == fastavro_body(event)
 
 
+def test_longs_at_every_varint_length_are_written_as_fastavro_writes_them() -> None:
+    schema = {"type": "record", "name": "L", "fields": [{"name": "n", "type": "long"}]}
+    parsed = parse_schema(schema)
+    writer = RecordWriter(schema)
+    rng = random.Random(5)
+    edges = [(1 << k) + d for k in range(0, 64) for d in (-1, 0, 1)]
+    numbers = [*edges, *(-n for n in edges), *(rng.getrandbits(rng.randrange(1, 64)) for _ in range(2000))]
+    for n in numbers:
+        if not -(1 << 63) <= n < 1 << 63:
+            continue
+        out = BytesIO()
+        schemaless_writer(out, parsed, {"n": n})
+        assert writer.write((n,)) == out.getvalue(), n
+
+
+def test_strings_of_repeated_fields_come_from_the_cache_byte_for_byte() -> None:
+    strings = [f["name"] for f in SCHEMA["fields"] if f["type"] == "string"]
+    writer = RecordWriter(SCHEMA, repeated=strings)
+    rng = random.Random(11)
+    events = [*gateway_events(), *(random_event(rng) for _ in range(300))]
+    for event in [*events, *events]:  # the second round hits the cache
+        assert writer.write(FIELDS.values(event)) == fastavro_body(event)
+
+
+def test_the_string_cache_is_bounded_and_refuses_what_is_not_a_string() -> None:
+    from schemas import avro_writer
+
+    writer = RecordWriter(SCHEMA, repeated=["tenant"])
+    cache = writer.write.__globals__["_sc"]
+    event = gateway_events()[1]
+    for i in range(avro_writer._CACHED_STRINGS + 10):
+        assert writer.write(FIELDS.values(replace(event, tenant=f"t{i}"))) == fastavro_body(event, tenant=f"t{i}")
+    assert 0 < len(cache) <= avro_writer._CACHED_STRINGS
+    for refused in (None, b"acme", 7, ["acme"], "\ud800"):
+        with pytest.raises((TypeError, ValueError, AttributeError)):
+            writer.write(FIELDS.values(replace(event, tenant=refused)))  # type: ignore[arg-type]
+
+
 def test_the_split_leaves_out_exactly_one_field() -> None:
     writer = RecordWriter(SCHEMA, split_at="hash")
     assert writer.write_split is not None
