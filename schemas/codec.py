@@ -199,6 +199,7 @@ class RecordFields(Generic[T]):
         hints = get_type_hints(cls)
         names = [f.name for f in dataclasses.fields(cls)]  # type: ignore[arg-type]
         self.renames = dict(renames or {})
+        self.names = tuple(names)
         self.avro_names = tuple(self.renames.get(n, n) for n in names)
         self._get: Callable[[T], tuple[Any, ...]] = operator.attrgetter(*names)
         # A dict lookup per enum field is several times cheaper than calling the Enum class.
@@ -257,7 +258,7 @@ class DataclassCodec(Generic[T]):
         current = catalog.schema(self.fullname)
         self.records = RecordCodec(current, writer_schemas=known, wire=wire, registry=registry)
         self.version = catalog.version_of(current)
-        self._writer = _writer_for(current, self.fields.avro_names, self.split_at, self.repeated)
+        self._writer = _writer_for(current, self.fields, self.split_at, self.repeated)
 
     def encode(self, value: T) -> bytes:
         writer = self._writer
@@ -279,19 +280,23 @@ class EventCodec(DataclassCodec[GatewayEvent]):
     split_at = "hash"
     repeated = EVENT_REPEATED
 
+    def __init__(self, **kwargs: Any) -> None:
+        super().__init__(**kwargs)
+        self._split = None if self._writer is None else self._writer.split_object
+
     def seal(self, event: GatewayEvent) -> bytes:
         """Set `event.hash` to `event_hash(event)` and return `encode(event)`, from one encoding.
 
         The chain hash covers the body with `hash` = "" and the wire carries it with the hash, so
         both are the bytes before `hash`, that field, and the bytes after it.
         """
-        writer = self._writer
-        if writer is None or writer.write_split is None or event.schema_version != self.version:
+        split = self._split
+        if split is None or event.schema_version != self.version:
             event.hash = ""
             event.hash = event_hash(event)
             return self.encode(event)
         try:
-            before, after = writer.write_split(self.fields.values(event))
+            before, after = split(event)
         except _VALUE_ERRORS as exc:
             raise CodecError(f"value does not fit the schema: {exc!r}") from exc
         digest = hashlib.sha256(before)
@@ -311,14 +316,15 @@ class DecisionCodec(DataclassCodec[Decision]):
     fullname = catalog.DECISION
 
 
-def _writer_for(schema: Schema, avro_names: tuple[str, ...], split_at: str | None,
+def _writer_for(schema: Schema, fields: RecordFields[Any], split_at: str | None,
                 repeated: frozenset[str] = frozenset()) -> RecordWriter | None:
     """A generated writer taking the dataclass's values as they come, if the schema allows one."""
     try:
-        writer = RecordWriter(catalog.without_logical_types(schema), split_at=split_at, repeated=repeated)
+        writer = RecordWriter(catalog.without_logical_types(schema), split_at=split_at, repeated=repeated,
+                              attributes=fields.names if len(fields.names) == len(schema["fields"]) else None)
     except UnsupportedSchema:
         return None
-    return writer if writer.fields == avro_names else None
+    return writer if writer.fields == fields.avro_names else None
 
 
 _EVENT_FIELDS = RecordFields(GatewayEvent, EVENT_RENAMES)
@@ -336,15 +342,15 @@ def _event_schema(version: int) -> Schema:
 def _event_writer(version: int) -> RecordWriter | None:
     """The generated writer of one revision, if that revision's fields are the dataclass's (the current one's)."""
     schema = catalog.versions(catalog.GATEWAY_EVENT)[version]
-    return _writer_for(schema, _EVENT_FIELDS.avro_names, "hash", EVENT_REPEATED)
+    return _writer_for(schema, _EVENT_FIELDS, "hash", EVENT_REPEATED)
 
 
 def _canonical_parts(event: GatewayEvent) -> tuple[bytes, bytes] | None:
     writer = _event_writer(event.schema_version)
-    if writer is None or writer.write_split is None:
+    if writer is None or writer.split_object is None:
         return None
     try:
-        return writer.write_split(_EVENT_FIELDS.values(event))
+        return writer.split_object(event)
     except _VALUE_ERRORS as exc:
         raise CodecError(f"value does not fit the schema: {exc!r}") from exc
 

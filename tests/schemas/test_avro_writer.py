@@ -120,12 +120,19 @@ def test_the_string_cache_is_bounded_and_refuses_what_is_not_a_string() -> None:
 
 
 def test_the_split_leaves_out_exactly_one_field() -> None:
-    writer = RecordWriter(SCHEMA, split_at="hash")
-    assert writer.write_split is not None
+    writer = RecordWriter(SCHEMA, split_at="hash", attributes=FIELDS.names)
+    assert writer.write_split is not None and writer.split_object is not None
     rng = random.Random(7)
     for event in [*gateway_events(), *(random_event(rng) for _ in range(100))]:
         before, after = writer.write_split(FIELDS.values(event))
         assert before + b"\x00" + after == fastavro_body(event, hash="")
+        assert writer.split_object(event) == (before, after)
+
+
+def test_attributes_must_be_one_identifier_per_field() -> None:
+    for attributes in (FIELDS.names[:-1], (*FIELDS.names[:-1], "x; import os"), (*FIELDS.names[:-1], "class")):
+        with pytest.raises(ValueError):
+            RecordWriter(SCHEMA, split_at="hash", attributes=attributes)
 
 
 def test_seal_sets_the_chain_hash_and_returns_the_wire_bytes_of_the_sealed_event() -> None:
