@@ -280,9 +280,16 @@ class EventCodec(DataclassCodec[GatewayEvent]):
     split_at = "hash"
     repeated = EVENT_REPEATED
 
-    def __init__(self, **kwargs: Any) -> None:
-        super().__init__(**kwargs)
+    def __init__(
+        self,
+        *,
+        wire: WireFormat = WireFormat.SINGLE_OBJECT,
+        registry: Mapping[int, Schema | str] | None = None,
+        writer_schemas: Iterable[Schema] = (),
+    ) -> None:
+        super().__init__(wire=wire, registry=registry, writer_schemas=writer_schemas)
         self._split = None if self._writer is None else self._writer.split_object
+        self._header = self.records.header  # a property call per event (~0.1 µs) shows in sealing
 
     def seal(self, event: GatewayEvent) -> bytes:
         """Set `event.hash` to `event_hash(event)` and return `encode(event)`, from one encoding.
@@ -302,8 +309,8 @@ class EventCodec(DataclassCodec[GatewayEvent]):
         digest = hashlib.sha256(before)
         digest.update(_EMPTY_STRING)
         digest.update(after)
-        event.hash = digest.hexdigest()
-        return b"".join((self.records.header, before, _HASH_PREFIX, event.hash.encode(), after))
+        event.hash = sealed = digest.hexdigest()
+        return b"".join((self._header, before, _HASH_PREFIX, sealed.encode(), after))
 
 
 class RiskScoreCodec(DataclassCodec[RiskScore]):
