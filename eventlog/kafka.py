@@ -349,11 +349,7 @@ class KafkaConsumer:
             await consumer.stop()
 
     def _started(self) -> Any:
-        if self._consumer is None:
-            error = LogUnavailable(f"kafka: consumer of group {self._group_id!r} is not started or is closed")
-            error.retryable = False
-            raise error
-        return self._consumer
+        return _started(self._consumer, f"consumer of group {self._group_id!r}")
 
     async def _revoked(self, partitions: set[TopicPartition]) -> None:
         if self._on_revoke is None or not partitions:
@@ -456,11 +452,7 @@ class KafkaTopicReader:
             await consumer.stop()
 
     def _started(self) -> Any:
-        if self._consumer is None:
-            error = LogUnavailable(f"kafka: reader of {self._topics} is not started or is closed")
-            error.retryable = False
-            raise error
-        return self._consumer
+        return _started(self._consumer, f"reader of {self._topics}")
 
 
 class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
@@ -472,6 +464,14 @@ class _Listener(ConsumerRebalanceListener):  # type: ignore[misc]
 
     async def on_partitions_assigned(self, assigned: list[Any]) -> None:
         await self._owner._assigned(list(assigned))
+
+
+def _started(consumer: AIOKafkaConsumer | None, what: str) -> Any:
+    if consumer is None:
+        error = LogUnavailable(f"kafka: {what} is not started or is closed")
+        error.retryable = False
+        raise error
+    return consumer
 
 
 async def _poll(consumer: AIOKafkaConsumer, max_records: int, timeout_s: float, what: str) -> list[Record]:

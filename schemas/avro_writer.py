@@ -113,6 +113,10 @@ def _enum(symbols: Sequence[str]) -> dict[str, bytes]:
     return {symbol: _SMALL_VARINTS[i] if i < _SMALL else _varint(i << 1) for i, symbol in enumerate(symbols)}
 
 
+# Types written by one call of the helper bound to this name in the generated code's namespace.
+_WRITER_CALLS = {"int": "_int", "bytes": "_bytes", "double": "_double", "float": "_float"}
+
+
 class _Codegen:
     """Source of one expression per field, and the helpers it refers to."""
 
@@ -168,16 +172,10 @@ class _Codegen:
                     f"(_n := len(_u := {var}.encode())) < {_SMALL} else _string({var}))")
         if t == "long":
             return f"(_sv[{var}] if type({var}) is int and 0 <= {var} < {_SMALL} else _long({var}))"
-        if t == "int":
-            return f"_int({var})"
         if t == "boolean":
             return f"(b'\\x01' if {var} else b'\\x00')"
-        if t == "bytes":
-            return f"_bytes({var})"
-        if t == "double":
-            return f"_double({var})"
-        if t == "float":
-            return f"_float({var})"
+        if t in _WRITER_CALLS:
+            return f"{_WRITER_CALLS[t]}({var})"
         if t == "null":
             return f"(b'' if {var} is None else {self.helper(_not_null)}({var}))"
         raise UnsupportedSchema(f"field type {field_type!r}")

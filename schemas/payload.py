@@ -24,7 +24,6 @@ from typing import NamedTuple
 from schemas.events import GatewayEvent
 from schemas.jsonpath import JsonPath
 from schemas.redaction import redact_payload
-from schemas.secrets import may_hold_secret
 
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_PREFIX_BYTES = 64 << 10
@@ -71,10 +70,7 @@ class PreparedPayload(NamedTuple):
 def prepare_payload(raw: bytes, policy: PayloadPolicy = DEFAULT_POLICY) -> PreparedPayload:
     """The payload columns for message bytes `raw` under `policy` (see the module docstring)."""
     # Redact the whole before cutting: paths need the parse, and a cut could split a secret.
-    if policy.compiled_paths or (policy.patterns and may_hold_secret(raw)):
-        full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
-    else:
-        full, redactions = raw, 0  # what redact_payload returns when no rule applies, without its calls
+    full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
     digest = _sha256(full).hexdigest()
     if len(full) <= policy.max_bytes:
         return PreparedPayload(full, digest, len(full), redactions, False)

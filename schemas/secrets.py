@@ -108,13 +108,13 @@ _ANY_LOWER_ANCHOR = re.compile(_literal_trie(sorted(
 
 
 def may_hold_secret(raw: bytes) -> bool:
-    """False only when `secret_prescan(raw)` is `((), False)`: no pattern can match, no key names a secret."""
+    """Whether an anchor of any secret pattern or secret-key word occurs in `raw` (case-blind)."""
     return _ANY_LOWER_ANCHOR.search(raw.lower()) is not None
 
 
 def secret_prescan(raw: bytes) -> tuple[tuple[SecretPattern, ...], bool]:
     """`(patterns_in(raw), may_name_secret(raw))`, faster when `raw` has none of their anchors."""
-    if _ANY_LOWER_ANCHOR.search(raw.lower()) is None:
+    if not may_hold_secret(raw):
         return (), False
     return patterns_in(raw), may_name_secret(raw)
 

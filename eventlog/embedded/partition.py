@@ -127,11 +127,9 @@ class PartitionLog:
         The cut is durable before the new file exists, so a segment that is not the last never ends
         in zeros, even after a crash.
         """
-        if self.fd is not None and self.allocated > self.active.size:
-            # `allocated` stays as is (state changes on the loop only): if the creation below fails,
-            # the retry cuts again, which is harmless, and no flush writes here before a roll succeeds.
-            os.ftruncate(self.fd, self.active.size)
-            os.fsync(self.fd)
+        # `allocated` stays as is (state changes on the loop only): if the creation below fails,
+        # the retry cuts again, which is harmless, and no flush writes here before a roll succeeds.
+        self._cut_to_records()
         fd = os.open(segment_path(self.directory, base_offset), _WRITE_FLAGS, 0o644)
         try:
             fsync_dir(self.directory)
@@ -154,15 +152,19 @@ class PartitionLog:
         if self.fd is None:
             return
         try:
-            if self.allocated > self.active.size:
-                os.ftruncate(self.fd, self.active.size)
-                os.fsync(self.fd)
+            self._cut_to_records()
         except OSError as exc:
             log.warning("%s/%d: could not cut the preallocated tail of %s: %s",
                         self.topic, self.partition, self.active.path.name, exc)
         finally:
             os.close(self.fd)
             self.fd = None
+
+    def _cut_to_records(self) -> None:
+        """Cut the active segment's preallocated zeros off, durably."""
+        if self.fd is not None and self.allocated > self.active.size:
+            os.ftruncate(self.fd, self.active.size)
+            os.fsync(self.fd)
 
     def apply_retention(self, now: float) -> int:
         """Delete closed segments beyond the size or age bound, oldest first; returns records dropped."""
