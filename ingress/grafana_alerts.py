@@ -43,35 +43,14 @@ import re
 from collections import OrderedDict
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
-
-import orjson
+from typing import TypeVar
 
 from ingress.config import GrafanaWebhookConfig
-from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource
+from ingress.grafana_payload import Alert, AlertBlock, block_of, flag, parse_webhook, ttl_us
+from schemas.decisions import Decision, DecisionAction, DecisionSource
 
-_SCOPES = ", ".join(scope.value for scope in DecisionScope)
 _UNIX_SECONDS = re.compile(r"[0-9]{1,12}")  # 12 digits reach the year 33658; more is not from Grafana
 _INT64_MAX = 2**63 - 1
-_SECONDS = re.compile(r"\d+(?:\.\d*)?|\.\d+", re.ASCII)
-_DURATION_PART = re.compile(r"(\d+(?:\.\d*)?|\.\d+)(ns|us|µs|μs|ms|s|m|h|d|w)", re.ASCII)
-_UNIT_US = {
-    "ns": 0.001,
-    "us": 1,
-    "µs": 1,
-    "μs": 1,
-    "ms": 1_000,
-    "s": 1_000_000,
-    "m": 60_000_000,
-    "h": 3_600_000_000,
-    "d": 86_400_000_000,
-    "w": 604_800_000_000,
-}
-_EPOCH = datetime(1970, 1, 1, tzinfo=UTC)
-_MICROSECOND = timedelta(microseconds=1)
-_TRUE = {"true", "yes", "1", "on"}
-_FALSE = {"false", "no", "0", "off"}
 
 
 @dataclass(slots=True, frozen=True)
@@ -107,24 +86,6 @@ def _signature(secret: str, stamp: str, body: bytes) -> str:
     return hmac.new(secret.encode(), stamp.encode() + b":" + body, hashlib.sha256).hexdigest()
 
 
-@dataclass(slots=True, frozen=True)
-class _Alert:
-    where: str  # how messages name it: alerts[i] plus alertname
-    status: str
-    labels: dict[str, str]
-    annotations: dict[str, str]
-    fingerprint: str
-    starts_at_us: int
-
-
-@dataclass(slots=True, frozen=True)
-class _Block:
-    scope: DecisionScope
-    subject: str
-    tenant: str | None
-    reason: str
-
-
 _DedupKey = tuple[str, int, str]
 _K = TypeVar("_K")
 _V = TypeVar("_V")
@@ -136,7 +97,7 @@ class _Change:
 
     dedup_key: _DedupKey
     fingerprint: str
-    block_before: _Block | None
+    block_before: AlertBlock | None
 
 
 class GrafanaAlertReceiver:
@@ -152,16 +113,16 @@ class GrafanaAlertReceiver:
         self._new_id = new_id
         self._capacity = dedup_capacity
         self._seen: OrderedDict[_DedupKey, None] = OrderedDict()
-        self._blocks: OrderedDict[str, _Block] = OrderedDict()  # fingerprint → the block its firing made
+        self._blocks: OrderedDict[str, AlertBlock] = OrderedDict()  # fingerprint → the block its firing made
         self._journal: OrderedDict[str, _Change] = OrderedDict()  # decision id → its change
 
     def receive(self, body: bytes, headers: Mapping[str, str], now_us: int) -> Accepted | Rejected:
         refusal = self._authenticate(body, headers, now_us)
         if refusal is not None:
             return refusal
-        parsed = _parse(body)
-        if isinstance(parsed, Rejected):
-            return parsed
+        parsed = parse_webhook(body)
+        if isinstance(parsed, str):
+            return Rejected(400, parsed)
         receiver, alerts, truncated = parsed
         accepted = Accepted(decisions=[], duplicates=0, ignored=[], errors=[])
         if truncated:
@@ -228,7 +189,7 @@ class GrafanaAlertReceiver:
             )
         return None
 
-    def _apply(self, alert: _Alert, actor: str, now_us: int, out: Accepted) -> None:
+    def _apply(self, alert: Alert, actor: str, now_us: int, out: Accepted) -> None:
         key: _DedupKey = (alert.fingerprint, alert.starts_at_us, alert.status)
         if key in self._seen:
             self._seen.move_to_end(key)
@@ -239,7 +200,7 @@ class GrafanaAlertReceiver:
             why = f"action={action} is not one the gateway acts on" if action else "no action label"
             out.ignored.append(f"{alert.where}: {why} (only action=block)")
             return
-        unblock_on_resolve = _flag(alert.labels.get("unblock_on_resolve", ""), default=True)
+        unblock_on_resolve = flag(alert.labels.get("unblock_on_resolve", ""), default=True)
         if unblock_on_resolve is None:
             value = alert.labels["unblock_on_resolve"]
             out.errors.append(f"{alert.where}: unblock_on_resolve={value} must be true or false")
@@ -251,23 +212,23 @@ class GrafanaAlertReceiver:
         else:
             self._unblock(alert, key, actor, now_us, out)
 
-    def _block(self, alert: _Alert, key: _DedupKey, actor: str, now_us: int, out: Accepted) -> None:
-        block = _block_of(alert)
+    def _block(self, alert: Alert, key: _DedupKey, actor: str, now_us: int, out: Accepted) -> None:
+        block = block_of(alert)
         if isinstance(block, str):
             out.errors.append(f"{alert.where}: {block}")
             return
-        ttl_us = _ttl_us(alert.labels.get("ttl", ""), self._settings.default_ttl_s)
-        if isinstance(ttl_us, str):
-            out.errors.append(f"{alert.where}: {ttl_us}")
+        ttl = ttl_us(alert.labels.get("ttl", ""), self._settings.default_ttl_s)
+        if isinstance(ttl, str):
+            out.errors.append(f"{alert.where}: {ttl}")
             return
-        if now_us + ttl_us > _INT64_MAX:
+        if now_us + ttl > _INT64_MAX:
             out.errors.append(f"{alert.where}: ttl={alert.labels['ttl']} is too long")
             return
-        decision = self._decide(DecisionAction.BLOCK, block, block.reason, actor, now_us, now_us + ttl_us)
+        decision = self._decide(DecisionAction.BLOCK, block, block.reason, actor, now_us, now_us + ttl)
         self._remember(decision, key, alert.fingerprint, block_after=block)
         out.decisions.append(decision)
 
-    def _unblock(self, alert: _Alert, key: _DedupKey, actor: str, now_us: int, out: Accepted) -> None:
+    def _unblock(self, alert: Alert, key: _DedupKey, actor: str, now_us: int, out: Accepted) -> None:
         made = self._blocks.get(alert.fingerprint)
         if made is None:
             out.ignored.append(
@@ -280,7 +241,7 @@ class GrafanaAlertReceiver:
         out.decisions.append(decision)
 
     def _decide(
-        self, action: DecisionAction, block: _Block, reason: str, actor: str, now_us: int, expires_at: int | None
+        self, action: DecisionAction, block: AlertBlock, reason: str, actor: str, now_us: int, expires_at: int | None
     ) -> Decision:
         return Decision(
             ts=now_us,
@@ -295,7 +256,7 @@ class GrafanaAlertReceiver:
             expires_at=expires_at,
         )
 
-    def _remember(self, decision: Decision, key: _DedupKey, fingerprint: str, block_after: _Block | None) -> None:
+    def _remember(self, decision: Decision, key: _DedupKey, fingerprint: str, block_after: AlertBlock | None) -> None:
         change = _Change(key, fingerprint, self._blocks.get(fingerprint))
         _put(self._journal, decision.decision_id, change, self._capacity)
         _put(self._seen, key, None, self._capacity)
@@ -319,128 +280,3 @@ def _header(headers: Mapping[str, str], name: str) -> str | None:
     # aiohttp's headers are case-insensitive already; plain dicts (tests, other adapters) are not.
     folded = name.casefold()
     return next((v for k, v in headers.items() if k.casefold() == folded), None)
-
-
-def _block_of(alert: _Alert) -> _Block | str:
-    labels = alert.labels
-    scope_name = labels.get("scope", "").strip().lower()
-    if not scope_name:
-        return f"action=block needs a scope label: one of {_SCOPES}"
-    try:
-        scope = DecisionScope(scope_name)
-    except ValueError:
-        return f"unknown scope {scope_name!r}: use one of {_SCOPES}"
-    # Alert rules over the audit tables naturally yield a session_id label, as the column is named.
-    named = (scope.value, "session_id") if scope is DecisionScope.SESSION else (scope.value,)
-    candidates = {labels[name].strip() for name in (*named, "subject") if labels.get(name, "").strip()}
-    if not candidates:
-        return f"scope={scope} needs the subject in a {' or '.join(named)} label or a subject label"
-    if len(candidates) > 1:
-        return f"scope={scope} names more than one subject ({', '.join(sorted(candidates))}); keep one label"
-    tenant = labels.get("tenant", "").strip() or None
-    return _Block(
-        scope=scope,
-        subject=candidates.pop(),
-        tenant=None if scope is DecisionScope.TENANT else tenant,
-        reason=_reason(alert),
-    )
-
-
-def _reason(alert: _Alert) -> str:
-    name = alert.labels.get("alertname", "").strip()
-    text = alert.annotations.get("summary", "").strip() or alert.annotations.get("description", "").strip()
-    if name and text:
-        return f"Grafana alert {name}: {text}"
-    return f"Grafana alert: {text}" if text else f"Grafana alert {name}".rstrip()
-
-
-def _ttl_us(value: str, default_s: float) -> int | str:
-    """Seconds (`600`) or a Go/Prometheus duration (`10m`, `1h30m`, `1d`) in µs, or what is wrong."""
-    text = value.strip()
-    if not text:
-        return int(default_s * 1_000_000)
-    if _SECONDS.fullmatch(text):
-        total = float(text) * 1_000_000
-    else:
-        parts = _DURATION_PART.findall(text)
-        if not parts or "".join(number + unit for number, unit in parts) != text:
-            return f"ttl={value} is not a duration: give seconds (600) or a duration like 10m, 1h30m or 1d"
-        total = sum(float(number) * _UNIT_US[unit] for number, unit in parts)
-    if total < 1_000_000:
-        return f"ttl={value} is shorter than one second"
-    return int(total)
-
-
-def _flag(value: str, *, default: bool) -> bool | None:
-    text = value.strip().lower()
-    if not text:
-        return default
-    return True if text in _TRUE else False if text in _FALSE else None
-
-
-def _parse(body: bytes) -> tuple[str, list[_Alert], int] | Rejected:
-    try:
-        payload = orjson.loads(body)
-    except orjson.JSONDecodeError as exc:
-        return Rejected(400, f"the body is not JSON ({exc}); the gateway expects Grafana's webhook payload")
-    if not isinstance(payload, dict):
-        return Rejected(400, f"the body is a JSON {type(payload).__name__}, not Grafana's webhook object")
-    if "alerts" not in payload:
-        return Rejected(400, "the body has no alerts array: is the contact point a webhook with the default payload?")
-    raw_alerts = payload["alerts"]
-    if not isinstance(raw_alerts, list):
-        return Rejected(400, "alerts must be an array")
-    receiver = payload.get("receiver", "")
-    if not isinstance(receiver, str):
-        return Rejected(400, "receiver must be a string")
-    truncated = payload.get("truncatedAlerts", 0)
-    if not isinstance(truncated, int) or truncated < 0:
-        return Rejected(400, f"truncatedAlerts must be a count of alerts (got {truncated!r})")
-    alerts: list[_Alert] = []
-    for index, raw in enumerate(raw_alerts):
-        alert = _parse_alert(index, raw)
-        if isinstance(alert, str):
-            return Rejected(400, alert)
-        alerts.append(alert)
-    return receiver.strip(), alerts, truncated
-
-
-def _parse_alert(index: int, raw: object) -> _Alert | str:
-    at = f"alerts[{index}]"
-    if not isinstance(raw, dict):
-        return f"{at} must be an object"
-    labels = _string_map(raw, "labels", at, required=True)
-    if isinstance(labels, str):
-        return labels
-    annotations = _string_map(raw, "annotations", at, required=False)
-    if isinstance(annotations, str):
-        return annotations
-    status = raw.get("status")
-    if status not in ("firing", "resolved"):
-        return f"{at}.status must be 'firing' or 'resolved' (got {status!r})"
-    fingerprint = raw.get("fingerprint")
-    if not isinstance(fingerprint, str) or not fingerprint.strip():
-        return f"{at}.fingerprint is missing"
-    starts_at = raw.get("startsAt")
-    if not isinstance(starts_at, str):
-        return f"{at}.startsAt is missing"
-    try:
-        moment = datetime.fromisoformat(starts_at)
-    except ValueError:
-        return f"{at}.startsAt is not an RFC 3339 time (got {starts_at[:40]!r})"
-    if moment.tzinfo is None:
-        return f"{at}.startsAt has no time zone (got {starts_at[:40]!r})"
-    # Whole µs since the epoch, exact (no float): the same instant however Grafana wrote it.
-    starts_at_us = (moment - _EPOCH) // _MICROSECOND
-    name = labels.get("alertname", "")
-    where = f"{at} ({name})" if name else at
-    return _Alert(where, status, labels, annotations, fingerprint.strip(), starts_at_us)
-
-
-def _string_map(raw: dict[str, Any], key: str, at: str, *, required: bool) -> dict[str, str] | str:
-    value = raw.get(key)
-    if value is None:
-        return f"{at}.{key} is missing" if required else {}
-    if not isinstance(value, dict) or not all(isinstance(v, str) for v in value.values()):
-        return f"{at}.{key} must be an object of strings"
-    return value
