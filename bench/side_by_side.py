@@ -1,0 +1,129 @@
+"""Gateway variants side by side: interleaved rounds, CPU per call from schedstat, p50 against direct.
+
+How the before/after ratios in bench/RESULTS.md are measured: one upstream, one gateway per variant
+(a source tree and an event log), and the direct path, in rounds whose order rotates, so drift in
+the machine's load hits every variant alike; the per-round CPU ratio of each variant to the first
+is the robust figure.
+
+    git worktree add /tmp/base HEAD~1
+    python -m bench.side_by_side --variant base=/tmp/base:embedded --variant new=.:embedded \
+        --variant mem=.:memory --rounds 6 --pin
+
+A variant is NAME=TREE:EVENT_LOG[:PYTHON], EVENT_LOG `memory` or `embedded`, PYTHON a statement run
+in the gateway process before it starts (e.g. `import sys; sys.setswitchinterval(0.001)`).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+from pathlib import Path
+
+from bench.loadgen import LoadGen, client_session, percentile_ms
+from bench.run import Processes, busy_jiffies, cpu_ms, free_port, loadavg, pin, wait_port, wait_ready
+
+HOST = "127.0.0.1"
+
+
+def absolute_tree(spec: str) -> str:
+    """NAME=TREE:... with TREE made absolute: each gateway imports from its tree, run from elsewhere."""
+    name, _, rest = spec.partition("=")
+    tree, _, log_and_prelude = rest.partition(":")
+    return f"{name}={os.path.abspath(tree)}:{log_and_prelude}"
+
+
+async def main(args: argparse.Namespace) -> None:
+    procs = Processes()
+    tmp = Path(tempfile.mkdtemp(prefix="side-by-side-"))
+    try:
+        up_port = free_port()
+        up = procs.start("up", [sys.executable, "-m", "bench.fast_upstream", "--port", str(up_port)], tmp / "up.log")
+        await wait_port(up_port, lambda: up.poll() is None)
+        gws = {}
+        for spec in args.variant:
+            name, _, rest = spec.partition("=")
+            root, _, el_name = rest.partition(":")
+            el_name, _, prelude = el_name.partition(":")
+            port = free_port()
+            data = Path(tempfile.mkdtemp(prefix=f"side-by-side-{name}-", dir=args.data_parent))
+            el = {"memory": {"capacity": 200000}} if el_name == "memory" else {"embedded": {}}
+            cfg = {"listen": {"host": HOST, "port": port}, "auth": "none", "data_dir": str(data),
+                   "event_log": el, "audit": {"mode": "strict"},
+                   "servers": {"fast": {"url": f"http://{HOST}:{up_port}/mcp"}}}
+            cp = tmp / f"{name}.yaml"
+            cp.write_text(json.dumps(cfg))
+            code = (f"import sys; sys.path.insert(0, {root!r}); sys.argv=['mcpgw','ingress','-c',{str(cp)!r}]; "
+                    f"{prelude or 'pass'}; import ingress as _i; print('CODE', _i.__file__, flush=True); "
+                    "from mcpgw.cli import main; main()")
+            p = procs.start(name, [sys.executable, "-c", code], tmp / f"{name}.log")
+            gws[name] = (p, port)
+        async with client_session() as http:
+            for name, (p, port) in gws.items():
+                await wait_ready(http, f"http://{HOST}:{port}", lambda p=p: p.poll() is None, 60)
+                print(name, [ln for ln in (tmp / f"{name}.log").read_text().splitlines() if ln.startswith("CODE")])
+            paths = {"direct": (f"http://{HOST}:{up_port}/mcp", None)}
+            for name, (p, port) in gws.items():
+                paths[name] = (f"http://{HOST}:{port}/servers/fast/mcp", p.pid)
+            gens = {k: LoadGen(http, u, "echo") for k, (u, _) in paths.items()}
+            if args.pin:
+                for p, _port in gws.values():
+                    pin(p.pid, {1})
+                for pid in (up.pid, os.getpid()):
+                    pin(pid, {0})
+            for k in gens:
+                for c in args.conc:
+                    await gens[k].run(c, calls=300)
+            res: dict[tuple[str, int], dict[str, list[float]]] = {}
+            b0, t0 = busy_jiffies()
+            keys = list(paths)
+            for r in range(args.rounds):
+                order = keys[r % len(keys):] + keys[: r % len(keys)]
+                for c in args.conc:
+                    for k in order:
+                        pid = paths[k][1]
+                        g0 = cpu_ms(pid) if pid else 0.0
+                        out = await gens[k].run(c, duration_s=args.seconds)
+                        g1 = cpu_ms(pid) if pid else 0.0
+                        d = res.setdefault((k, c), {"p50": [], "cpu": [], "tp": [], "err": []})
+                        d["p50"].append(percentile_ms(sorted(out.latencies_ns), 0.5))
+                        d["cpu"].append((g1 - g0) / max(1, out.calls))
+                        d["tp"].append(out.throughput)
+                        d["err"].append(out.errors)
+            b1, t1 = busy_jiffies()
+            busy = (b1 - b0) / (t1 - t0) * 100
+        names = [k for k in keys if k != "direct"]
+        for c in args.conc:
+            dp = res[("direct", c)]["p50"]
+            direct_tp = statistics.median(res[("direct", c)]["tp"])
+            print(f"c={c}: direct p50 {statistics.median(dp):.3f} ms, tp {direct_tp:.0f}/s")
+            for name in names:
+                d = res[(name, c)]
+                deltas = [g - x for g, x in zip(d["p50"], dp, strict=True)]
+                ratios = [g / x for g, x in zip(d["p50"], dp, strict=True)]
+                print(f"  {name:10s} Δp50 {statistics.median(deltas):+.3f} ms ({statistics.median(ratios):.2f}x direct)"
+                      f"  cpu {statistics.median(d['cpu']):.3f} ms/call [{min(d['cpu']):.3f}-{max(d['cpu']):.3f}]"
+                      f"  tp {statistics.median(d['tp']):.0f}/s err {sum(d['err'])}")
+            base = names[0]
+            for name in names[1:]:
+                rel = [b / a for a, b in zip(res[(base, c)]["cpu"], res[(name, c)]["cpu"], strict=True)]
+                print(f"  CPU {name}/{base} per round median {statistics.median(rel):.3f} {[round(x, 2) for x in rel]}")
+        print(f"machine busy {busy:.0f}% (all processes); loadavg {loadavg()}")
+    finally:
+        procs.stop_all()
+
+
+if __name__ == "__main__":
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--variant", action="append", required=True)
+    ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--seconds", type=float, default=1.5)
+    ap.add_argument("--conc", type=int, nargs="+", default=[1, 16])
+    ap.add_argument("--data-parent", default=None)
+    ap.add_argument("--pin", action="store_true")
+    parsed = ap.parse_args()
+    parsed.variant = [absolute_tree(spec) for spec in parsed.variant]
+    import uvloop
+    uvloop.run(main(parsed))
