@@ -22,6 +22,8 @@ from schemas.events import Outcome, new_event_id
 
 log = logging.getLogger("mcpgw.http")
 
+SESSION_HEADER = "Mcp-Session-Id"
+
 
 def base_context(request: web.Request, transport: str) -> CallContext:
     traceparent = request.headers.get("traceparent", "")
@@ -41,6 +43,19 @@ async def refuse(gateway: Gateway, ctx: CallContext, status: int, code: int, mes
         log.error("audit sink unavailable; refusal of %s not recorded: %s", ctx.method or "a request", exc)
     payload = orjson.dumps(error_body(msg_id if isinstance(msg_id, str | int) else None, code, message, data))
     return web.Response(status=status, body=payload, content_type="application/json", headers=headers)
+
+
+def target_of(gateway: Gateway, request: web.Request) -> str | None:
+    """The upstream a `/servers/{server}/...` path names ("" on the aggregate), or None if unknown."""
+    target = request.match_info.get("server", "")
+    return target if not target or target in gateway.upstreams else None
+
+
+async def unknown_server(gateway: Gateway, request: web.Request, ctx: CallContext) -> web.Response:
+    name = request.match_info.get("server", "")
+    known = ", ".join(gateway.upstreams) or "none"
+    return await refuse(gateway, ctx, 404, INVALID_REQUEST, f"no server named {name!r} (configured: {known})",
+                        Outcome.REFUSED)
 
 
 def resource_metadata_url(request: web.Request) -> str:

@@ -12,6 +12,7 @@ from ingress.gateway import Gateway
 from ingress.http.admin import AdminApi
 from ingress.http.legacy_sse import LegacySseEndpoint
 from ingress.http.mcp_endpoint import McpEndpoint
+from ingress.http.session_streams import SessionStreams
 
 GATEWAY_KEY = web.AppKey("gateway", Gateway)
 
@@ -25,6 +26,7 @@ def build_app(gateway: Gateway) -> web.Application:
     app = web.Application(client_max_size=gateway.config.limits.max_body_bytes + 1)
     app[GATEWAY_KEY] = gateway
     mcp = McpEndpoint(gateway)
+    streams = SessionStreams(gateway)
     sse = LegacySseEndpoint(gateway)
     started = time.time()
 
@@ -46,8 +48,8 @@ def build_app(gateway: Gateway) -> web.Application:
 
     for prefix in ("", "/servers/{server}"):
         app.router.add_post(f"{prefix}/mcp", mcp.post)
-        app.router.add_get(f"{prefix}/mcp", mcp.get)
-        app.router.add_delete(f"{prefix}/mcp", mcp.delete)
+        app.router.add_get(f"{prefix}/mcp", streams.get)
+        app.router.add_delete(f"{prefix}/mcp", streams.delete)
         app.router.add_get(f"{prefix}/sse", sse.connect)
         app.router.add_post(f"{prefix}/messages", sse.message)
     app.router.add_get("/healthz", healthz)

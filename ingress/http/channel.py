@@ -29,12 +29,32 @@ MODERN_ERROR_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -3202
 RETRY_MS = 1000  # how long a legacy client waits before resuming a dropped stream
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
                "X-Accel-Buffering": "no"}
+KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies do not time it out
 _CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
                   "roots/list": "roots"}
 
 
 def sse_event(data: bytes) -> bytes:
     return b"event: message\ndata: " + data + b"\n\n"
+
+
+async def pump(stream: web.StreamResponse, outbox: asyncio.Queue[bytes | None]) -> None:
+    """Write queued messages to an SSE stream until the queue says stop or the agent leaves."""
+    while True:
+        try:
+            item = await asyncio.wait_for(outbox.get(), KEEPALIVE_S)
+        except TimeoutError:
+            try:
+                await stream.write(b": keep-alive\n\n")
+            except ConnectionError:
+                return
+            continue
+        if item is None:
+            return
+        try:
+            await stream.write(sse_event(item))
+        except ConnectionError:
+            return
 
 
 class AgentChannel:

@@ -17,8 +17,7 @@ from mcp_types import INVALID_REQUEST
 from ingress.errors import AUDIT_UNAVAILABLE, SESSION_LIMIT
 from ingress.gateway import Gateway
 from ingress.http.admission import admit, base_context, read_body, refuse
-from ingress.http.channel import SSE_HEADERS, SessionStreamChannel
-from ingress.http.mcp_endpoint import _pump
+from ingress.http.channel import SSE_HEADERS, SessionStreamChannel, pump
 from ingress.jsonrpc import Invalid, error_body, parse_message
 from ingress.sessions import AgentSession, SessionLimitReached
 from ingress.sink import SinkUnavailable
@@ -60,7 +59,7 @@ class LegacySseEndpoint:
         await gateway.recorder.lifecycle(EventType.SESSION_OPENED, ctx, detail="HTTP+SSE connection", server=target)
         try:
             await stream.write(f"event: endpoint\ndata: {prefix}/messages?sessionId={session.id}\n\n".encode())
-            await _pump(stream, outbox)
+            await pump(stream, outbox)
         except ConnectionError:
             pass
         finally:
