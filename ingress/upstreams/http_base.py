@@ -28,7 +28,7 @@ from ingress.upstreams.base import (
     UpstreamTap,
 )
 from ingress.upstreams.errors import UpstreamError, UpstreamUnavailable
-from ingress.upstreams.http1 import ConnectFailed, Http1Pool
+from ingress.upstreams.http1_pool import ConnectFailed, Http1Pool
 
 log = logging.getLogger("mcpgw.upstream")
 

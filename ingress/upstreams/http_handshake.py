@@ -24,11 +24,23 @@ from mcp_types.version import MODERN_PROTOCOL_VERSIONS as MODERN_VERSIONS
 
 from ingress.upstreams.base import GATEWAY_CLIENT_CAPABILITIES, GATEWAY_CLIENT_INFO, JsonObject, UpstreamInfo
 from ingress.upstreams.errors import UpstreamProtocolError
-from ingress.upstreams.http_exchange import ACCEPT_BOTH, Call, HttpExchange, Rejected
+from ingress.upstreams.http_exchange import ACCEPT_BOTH, HttpExchange
+from ingress.upstreams.http_messages import Call
 
 INIT_HEADERS = {"Accept": ACCEPT_BOTH, "Content-Type": "application/json"}
 # 2026 dropped `roots.listChanged`; the rest of the gateway's offer is the same in both eras.
 MODERN_GATEWAY_CAPS: JsonObject = {**GATEWAY_CLIENT_CAPABILITIES, "roots": {}}
+
+
+class Rejected(UpstreamProtocolError):
+    """A handshake answered with a JSON-RPC error (kept for the era negotiation to inspect)."""
+
+    def __init__(self, server: str, method: str, response: JsonObject) -> None:
+        error = response.get("error")
+        self.error: JsonObject = error if isinstance(error, dict) else {}
+        code = self.error.get("code")
+        self.code = code if isinstance(code, int) else None
+        super().__init__(server, f"{method} failed: {self.error.get('message', response)} (code {self.code})")
 
 
 class HttpHandshake(HttpExchange):

@@ -6,7 +6,8 @@ requests arrive on its POST's SSE stream, unrelated traffic on the session's GET
 Modern (2026-07-28): no session; every request carries the `_meta` envelope and the mirrored
 headers, ids go through untouched, and change notifications arrive on a `subscriptions/listen`
 stream. `auto` probes `server/discover` the way the SDK does and falls back to `initialize`.
-The exchange itself (POST, JSON or SSE answer, resumption) lives in `http_exchange`.
+The exchange itself (POST, JSON or SSE answer, resumption) lives in `http_exchange`, the routing
+of the server's other messages in `http_messages`.
 """
 
 from __future__ import annotations
@@ -38,8 +39,8 @@ from ingress.upstreams.base import (
     UpstreamTap,
 )
 from ingress.upstreams.errors import UpstreamProtocolError, UpstreamTimeout
-from ingress.upstreams.http_exchange import Call, SessionExpired
 from ingress.upstreams.http_handshake import INIT_HEADERS, MODERN_GATEWAY_CAPS, HttpHandshake
+from ingress.upstreams.http_messages import Call, SessionExpired
 from ingress.upstreams.mcp_headers import (
     NAME_PARAM,
     ParamHeader,

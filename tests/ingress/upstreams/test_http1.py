@@ -1,4 +1,4 @@
-"""The lean HTTP/1.1 POST pool (`ingress/upstreams/http1.py`) and the shared-timer `Deadline`,
+"""The lean HTTP/1.1 POST pool (`ingress/upstreams/http1_*.py`) and the shared-timer `Deadline`,
 against scripted raw TCP servers: framing, connection reuse rules, failures, cancellation."""
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
-from ingress.upstreams.http1 import BadResponse, ConnectFailed, Http1Pool
+from ingress.upstreams.http1_pool import BadResponse, ConnectFailed, Http1Pool
 from ingress.upstreams.http_base import Deadlines
 
 Script = Callable[[asyncio.StreamReader, asyncio.StreamWriter, int], Awaitable[None]]
