@@ -11,6 +11,9 @@ is the robust figure.
 
 A variant is NAME=TREE:EVENT_LOG[:PYTHON], EVENT_LOG `memory` or `embedded`, PYTHON a statement run
 in the gateway process before it starts (e.g. `import sys; sys.setswitchinterval(0.001)`).
+`--endpoint` picks what the gateways are called on: `servers` (`/servers/fast/mcp`, tool `echo`,
+the default), `mcp` (the aggregated `/mcp`, tool `fast__echo`), or both, each measured per variant
+in the same rounds.
 """
 from __future__ import annotations
 
@@ -26,6 +29,8 @@ from bench.loadgen import LoadGen, client_session, percentile_ms
 from bench.run import Processes, busy_jiffies, cpu_ms, free_port, loadavg, pin, wait_port, wait_ready
 
 HOST = "127.0.0.1"
+# endpoint -> (path on the gateway, tool name there)
+ENDPOINTS = {"servers": ("/servers/fast/mcp", "echo"), "mcp": ("/mcp", "fast__echo")}
 
 
 def absolute_tree(spec: str) -> str:
@@ -33,6 +38,11 @@ def absolute_tree(spec: str) -> str:
     name, _, rest = spec.partition("=")
     tree, _, log_and_prelude = rest.partition(":")
     return f"{name}={os.path.abspath(tree)}:{log_and_prelude}"
+
+
+def label(variant: str, endpoint: str, endpoints: list[str]) -> str:
+    """A variant's name, with the endpoint when several are measured."""
+    return variant if len(endpoints) == 1 else f"{variant}:{endpoint}"
 
 
 async def main(args: argparse.Namespace) -> None:
@@ -64,10 +74,12 @@ async def main(args: argparse.Namespace) -> None:
             for name, (p, port) in gws.items():
                 await wait_ready(http, f"http://{HOST}:{port}", lambda p=p: p.poll() is None, 60)
                 print(name, [ln for ln in (tmp / f"{name}.log").read_text().splitlines() if ln.startswith("CODE")])
-            paths = {"direct": (f"http://{HOST}:{up_port}/mcp", None)}
-            for name, (p, port) in gws.items():
-                paths[name] = (f"http://{HOST}:{port}/servers/fast/mcp", p.pid)
-            gens = {k: LoadGen(http, u, "echo") for k, (u, _) in paths.items()}
+            paths = {"direct": (f"http://{HOST}:{up_port}/mcp", None, "echo")}
+            for ep in args.endpoint:
+                path, tool = ENDPOINTS[ep]
+                for name, (p, port) in gws.items():
+                    paths[label(name, ep, args.endpoint)] = (f"http://{HOST}:{port}{path}", p.pid, tool)
+            gens = {k: LoadGen(http, u, tool) for k, (u, _, tool) in paths.items()}
             if args.pin:
                 for p, _port in gws.values():
                     pin(p.pid, {1})
@@ -106,10 +118,14 @@ async def main(args: argparse.Namespace) -> None:
                 print(f"  {name:10s} Δp50 {statistics.median(deltas):+.3f} ms ({statistics.median(ratios):.2f}x direct)"
                       f"  cpu {statistics.median(d['cpu']):.3f} ms/call [{min(d['cpu']):.3f}-{max(d['cpu']):.3f}]"
                       f"  tp {statistics.median(d['tp']):.0f}/s err {sum(d['err'])}")
-            base = names[0]
-            for name in names[1:]:
-                rel = [b / a for a, b in zip(res[(base, c)]["cpu"], res[(name, c)]["cpu"], strict=True)]
-                print(f"  CPU {name}/{base} per round median {statistics.median(rel):.3f} {[round(x, 2) for x in rel]}")
+            variants = list(gws)
+            for ep in args.endpoint:
+                base = label(variants[0], ep, args.endpoint)
+                for name in variants[1:]:
+                    other = label(name, ep, args.endpoint)
+                    rel = [b / a for a, b in zip(res[(base, c)]["cpu"], res[(other, c)]["cpu"], strict=True)]
+                    print(f"  CPU {other}/{base} per round median {statistics.median(rel):.3f} "
+                          f"{[round(x, 2) for x in rel]}")
         print(f"machine busy {busy:.0f}% (all processes); loadavg {loadavg()}")
     finally:
         procs.stop_all()
@@ -123,6 +139,8 @@ if __name__ == "__main__":
     ap.add_argument("--conc", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--data-parent", default=None)
     ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--endpoint", nargs="+", choices=sorted(ENDPOINTS), default=["servers"],
+                    help="servers: /servers/fast/mcp (tool echo); mcp: the aggregated /mcp (tool fast__echo)")
     parsed = ap.parse_args()
     parsed.variant = [absolute_tree(spec) for spec in parsed.variant]
     import uvloop
