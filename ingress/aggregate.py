@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from ingress.naming import Naming
+from ingress.routing import Route
 
 JsonObject = dict[str, Any]
 
@@ -28,7 +29,7 @@ LIST_METHODS: Mapping[str, tuple[str, str, bool]] = {
 @dataclass(slots=True)
 class MergedList:
     items: list[JsonObject]
-    owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed key -> (server, key)
+    owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed key -> Route(server, key)
     version: str = ""
 
 
@@ -51,7 +52,7 @@ def merge(
             exposed = naming.expose(server, key) if renamed else key
             if exposed in owners:
                 continue  # a clash (naming mode "none", or a duplicated URI): the first server keeps it
-            owners[exposed] = (server, key)
+            owners[exposed] = Route(server, key)
             if renamed and exposed != key:
                 item = {**item, key_field: exposed}
             items.append(item)

@@ -29,6 +29,7 @@ from schemas.events import EventType
 log = logging.getLogger("mcpgw.catalog")
 
 MAX_PAGES = 100
+_NAMED_LISTS = {"tool": "tools/list", "prompt": "prompts/list"}
 _NO_SPECS: list[ParamHeader] = []
 
 
@@ -207,8 +208,20 @@ class Catalog:
         cached = self._merged.get(method)
         return cached.merged.owners if cached is not None else None
 
+    def cached_route(self, what: str, name: str) -> Route | None:
+        """The owner of a tool or prompt (exposed name) in the last merged listing; None when it is
+        not there (then `route` decides). No coroutine: this is every call's path on `/mcp`."""
+        cached = self._merged.get(_NAMED_LISTS.get(what, ""))
+        if cached is None:
+            return None
+        owner = cached.merged.owners.get(name)
+        return owner if type(owner) is Route else None
+
     async def route(self, what: str, name: str) -> Route | NotRouted:
         """Find the server owning a tool or prompt (exposed name) or a resource URI."""
+        hit = self.cached_route(what, name)
+        if hit is not None:
+            return hit
         servers = self.server_names
         if what == "resource":
             resources = await self.merged("resources/list")
@@ -216,7 +229,7 @@ class Catalog:
             exact = {uri: owner[0] for uri, owner in resources.owners.items()}
             pairs = [(owner[0], tpl) for tpl, owner in templates.owners.items()]
             return route_resource(name, exact, pairs, servers)
-        method = "tools/list" if what == "tool" else "prompts/list"
+        method = _NAMED_LISTS.get(what, "prompts/list")
         owners = self.cached_owners(method)
         routed = route_named(name, what, owners, self.naming, servers)
         if isinstance(routed, NotRouted) or owners is None:

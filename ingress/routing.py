@@ -11,12 +11,15 @@ import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from functools import lru_cache
+from typing import NamedTuple
 
 from ingress.naming import Naming
 
 
-@dataclass(frozen=True, slots=True)
-class Route:
+class Route(NamedTuple):
+    """A tuple, so that the catalog's index (exposed name -> (server, name)) holds routes ready
+    to hand out: routing a listed name builds nothing."""
+
     server: str
     name: str  # the upstream's own name (tool, prompt) or the URI
 
@@ -71,7 +74,7 @@ def route_named(
     if owners is not None:
         owner = owners.get(exposed)
         if owner is not None:
-            return Route(owner[0], owner[1])
+            return owner if type(owner) is Route else Route(owner[0], owner[1])
     split = naming.split(exposed, servers)
     if split is not None and owners is None:
         return Route(split[0], split[1])

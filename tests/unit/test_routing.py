@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import pytest
 
+from ingress.aggregate import merge
 from ingress.naming import Naming
 from ingress.routing import NotRouted, Route, route_named, route_resource, template_regex
 
@@ -146,3 +147,12 @@ def test_route_resource_message() -> None:
     result = route_resource("zz://q", {}, [], ["a", "b"])
     assert isinstance(result, NotRouted)
     assert result.message == "unknown resource 'zz://q': searched a, b"
+
+
+def test_merged_index_holds_routes_ready_to_hand_out() -> None:
+    merged = merge("tools/list", [("a", [{"name": "x"}]), ("b", [{"name": "y"}])], Naming())
+    owner = merged.owners["a__x"]
+    assert owner == Route("a", "x") == ("a", "x")
+    assert route_named("a__x", "tool", merged.owners, Naming(), ["a", "b"]) is owner
+    # An index of plain tuples (built elsewhere) still routes.
+    assert route_named("b__y", "tool", {"b__y": ("b", "y")}, Naming(), ["a", "b"]) == Route("b", "y")
