@@ -15,7 +15,12 @@ back, so a stalling disk blocks the loop for one flush, not for each.
 The loop side is plain callbacks, not a task: an append schedules the flush (one loop pass, so
 appends made in the same pass share it); the flush runs there or goes to the thread, which hands
 the outcome back with `call_soon_threadsafe`; then the appenders are settled and the next flush
-scheduled.
+scheduled. One exception: an append that finds the writer idle for longer than the last flush took
+(one caller at a time, as at concurrency 1: there is nobody to group with) is flushed inline at
+once, inside `submit`, and settled before `submit` returns, so its caller finds its future done and
+does not sleep: that saves the loop pass before the flush and the one resuming the caller, about a
+tenth of the CPU an audited call costs the log. Appends arriving closer together than a flush takes
+are scheduled as above and share flushes.
 
 Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
@@ -59,7 +64,7 @@ log = logging.getLogger("mcpgw.eventlog.embedded")
 # Module-level so tests can substitute a failing or counting sync. fdatasync suffices for appends:
 # it flushes the metadata needed to read the data back (the file size), skipping mtime.
 _sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-_pwrite: Callable[[int, memoryview, int], int] = os.pwrite
+_pwrite: Callable[[int, bytes | memoryview, int], int] = os.pwrite
 
 # How far ahead of the records the active segment is zero-filled (never past `segment_bytes`). Larger
 # means fewer flushes that commit a size change, and a longer write for the one that does.
@@ -148,6 +153,8 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: _FlushThread | None = None
         self._busy = False  # a flush is scheduled or under way
+        self._idle_since = 0.0  # perf_counter when the writer last went idle
+        self._last_flush_s = 0.0  # how long the last inline write+fsync took
         self._inline = limits.inline_flush_max_s is not None  # where the next flush's write+fsync runs
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
@@ -199,8 +206,12 @@ class GroupCommitWriter:
         self._pending_bytes += nbytes
         if not self._busy:
             self._busy = True
-            # One loop pass later, not now: appends made by the callbacks already due join this flush.
-            self._loop.call_soon(self._next)
+            if self._inline and time.perf_counter() - self._idle_since > self._last_flush_s:
+                # Idle for longer than a flush takes: nobody to wait for (see the module doc).
+                self._next()
+            else:
+                # One loop pass later, not now: appends made by the callbacks already due join this flush.
+                self._loop.call_soon(self._next)
 
     async def append(self, entries: Sequence[Entry]) -> None:
         done: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
@@ -214,6 +225,7 @@ class GroupCommitWriter:
         """Start a flush of what is queued, or go idle."""
         if not self._queue:
             self._busy = False
+            self._idle_since = time.perf_counter()
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
             return
@@ -301,6 +313,8 @@ class GroupCommitWriter:
         bound = self._limits.inline_flush_max_s
         if bound is not None:
             inline = elapsed is not None and elapsed < bound
+            if elapsed is not None:
+                self._last_flush_s = elapsed
             if inline != self._inline:
                 log.debug("event log: flushes now run on the %s (the last write+fsync took %s)",
                          "event loop" if inline else "flush thread",
@@ -384,7 +398,10 @@ def _create_segments(partitions: list[PartitionLog]) -> list[int]:
     return fds
 
 
-def _write_all(fd: int, view: memoryview, position: int) -> None:
+def _write_all(fd: int, blob: bytes | memoryview, position: int) -> None:
+    n = _pwrite(fd, blob, position)  # one call writes it all, but for a short write
+    view = memoryview(blob)[n:]
+    position += n
     while view:
         n = _pwrite(fd, view, position)
         view, position = view[n:], position + n
@@ -400,7 +417,7 @@ def _write_and_sync(jobs: list[Job]) -> float:
     try:
         for fd, blob, start, fill_from, fill_to in jobs:
             assert fd is not None, "partition not open for appending"
-            _write_all(fd, memoryview(blob), start)
+            _write_all(fd, blob, start)
             if fill_to > fill_from:
                 _write_all(fd, _ZEROS[: fill_to - fill_from], fill_from)
         phase = "fsync"

@@ -183,3 +183,22 @@ async def test_a_flush_slower_than_the_bound_sends_the_next_ones_to_the_thread(
             await producer.append("t", b"k", str(i).encode())
         assert (log.stats.flushes, log.stats.thread_flushes) == (10, on_thread)
         assert await values(log, "g") == [str(i).encode() for i in range(10)]
+
+
+async def test_an_append_to_an_idle_writer_is_durable_when_submit_returns(tmp_path: Path) -> None:
+    # Nobody to share a flush with: the writer flushes inline at once, so the caller does not sleep.
+    async with EmbeddedLog(tmp_path) as log:
+        await log.create_topic("t")
+        producer = log.producer()
+        outcomes: list[LogError | None] = []
+        assert producer.submit_batch("t", [(b"k", b"v0")], outcomes.append)
+        assert outcomes == [None]
+        assert log.stats.flushes == 1 and log.stats.records == 1
+        # Appends made right after it (concurrent callers) are grouped as before: one flush, one pass later.
+        assert producer.submit_batch("t", [(b"k", b"v1")], outcomes.append)
+        assert producer.submit_batch("t", [(b"k", b"v2")], outcomes.append)
+        assert outcomes == [None]
+        await producer.append("t", b"k", b"v3")
+        assert outcomes == [None, None, None]
+        assert log.stats.flushes == 2
+        assert await values(log, "g") == [b"v0", b"v1", b"v2", b"v3"]
