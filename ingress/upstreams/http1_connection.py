@@ -18,7 +18,16 @@ from typing import TYPE_CHECKING
 import aiohttp
 from multidict import CIMultiDict, CIMultiDictProxy
 
-from ingress.upstreams.http1_head import CHUNKED, EOF, EVENT_STREAM, LENGTH, NONE, BadResponse, parse_head
+from ingress.upstreams.http1_head import (
+    CHUNKED,
+    EOF,
+    EVENT_STREAM,
+    LENGTH,
+    NONE,
+    BadResponse,
+    ResponseHead,
+    parse_head,
+)
 
 if TYPE_CHECKING:
     from ingress.upstreams.http1_pool import Http1Pool
@@ -36,15 +45,14 @@ _HEX = re.compile(rb"[0-9A-Fa-f]{1,16}")
 class Http1Response:
     """What the connector needs of an answer: the aiohttp `ClientResponse` attributes it reads."""
 
-    __slots__ = ("_body", "_conn", "_headers", "_pairs", "content", "content_type", "reason", "status")
+    __slots__ = ("_body", "_conn", "_head", "_headers", "content", "content_type", "reason", "status")
 
-    def __init__(self, status: int, reason: str, pairs: list[tuple[str, str]], content_type: str,
-                 conn: Http1Connection) -> None:
-        self.status = status
-        self.reason = reason
-        self._pairs = pairs
+    def __init__(self, head: ResponseHead, conn: Http1Connection) -> None:
+        self.status = head.status
+        self.reason = head.reason
+        self._head = head
         self._headers: CIMultiDictProxy[str] | None = None
-        self.content_type = content_type
+        self.content_type = head.content_type
         self._conn: Http1Connection | None = conn
         self._body: bytes | None = None
         self.content: aiohttp.StreamReader | None = None  # set when the body is streamed
@@ -53,7 +61,7 @@ class Http1Response:
     def headers(self) -> CIMultiDictProxy[str]:
         # Built on first use: most answers are read for their body only.
         if self._headers is None:
-            self._headers = CIMultiDictProxy(CIMultiDict(self._pairs))
+            self._headers = CIMultiDictProxy(CIMultiDict(self._head.pairs))
         return self._headers
 
     @property
@@ -130,7 +138,9 @@ class Http1Connection(asyncio.Protocol):
             self.abort()  # bytes nobody asked for (e.g. a 408 before the server closes): drop it
             return
         try:
-            if self.response is None or (self.buffered and self.waiter is not None):
+            if self.response is None and not self.buf:
+                self._answer_starts(data)
+            elif self.response is None or (self.buffered and self.waiter is not None):
                 self.buf += data
                 self._parse_head_and_buffered()
             else:
@@ -150,6 +160,12 @@ class Http1Connection(asyncio.Protocol):
             self.transport.write(data)
         return waiter
 
+    def abandon(self) -> None:
+        """The request's caller gave up (cancelled, failed): without a complete answer this
+        connection cannot carry another request."""
+        if self.waiter is not None or self.response is not None:
+            self.abort()
+
     def abort(self) -> None:
         """Close the connection now; a response in progress is abandoned."""
         self.keep_alive = False
@@ -162,6 +178,22 @@ class Http1Connection(asyncio.Protocol):
 
     # -- parsing -----------------------------------------------------------------------------
 
+    def _answer_starts(self, data: bytes) -> None:
+        """The first bytes of an answer; most often all of it, taken without buffering."""
+        end = data.find(b"\r\n\r\n")
+        if end < 0:
+            self.buf += data
+            self._parse_head_and_buffered()
+            return
+        head = parse_head(data[:end])
+        if head is not None:
+            self._start_response(head)
+            if self.buffered and len(data) == end + 4 + self.remaining:
+                self._complete(data[end + 4:])
+                return
+        self.buf += memoryview(data)[end + 4:]
+        self._parse_head_and_buffered()
+
     def _parse_head_and_buffered(self) -> None:
         buf = self.buf
         while self.response is None:
@@ -170,9 +202,10 @@ class Http1Connection(asyncio.Protocol):
                 if len(buf) > _MAX_HEAD:
                     raise BadResponse(f"response head over {_MAX_HEAD} bytes")
                 return
-            head = bytes(buf[:end])
+            head = parse_head(bytes(buf[:end]))
             del buf[: end + 4]
-            self._start_response(head)
+            if head is not None:  # else an interim response
+                self._start_response(head)
         if self.buffered:
             if len(buf) < self.remaining:
                 return
@@ -181,14 +214,7 @@ class Http1Connection(asyncio.Protocol):
             buf.clear()
             if extra:
                 self.keep_alive = False  # more than the response: the connection is out of step
-            response = self.response
-            if self.decoder is not None:
-                body = self._decode(body) + self.decoder.flush()
-            response._body = body
-            waiter, self.waiter = self.waiter, None
-            self._finish()
-            if waiter is not None and not waiter.done():
-                waiter.set_result(response)
+            self._complete(body)
             return
         # A streamed body: whatever followed the head is its first bytes.
         waiter, self.waiter = self.waiter, None
@@ -205,19 +231,27 @@ class Http1Connection(asyncio.Protocol):
             buf.clear()
             self._feed_stream(rest)
 
-    def _start_response(self, raw_head: bytes) -> None:
-        head = parse_head(raw_head)
-        if head is None:
-            return  # an interim response
+    def _complete(self, body: bytes) -> None:
+        """A buffered answer's whole body is here: hand the response over."""
+        response = self.response
+        assert response is not None
+        if self.decoder is not None:
+            body = self._decode(body) + self.decoder.flush()
+        response._body = body
+        waiter, self.waiter = self.waiter, None
+        self._finish()
+        if waiter is not None and not waiter.done():
+            waiter.set_result(response)
+
+    def _start_response(self, head: ResponseHead) -> None:
         self.keep_alive = head.keep_alive
         self.decoder = head.decoder
         framing = self.framing = head.framing
         self.remaining = head.length
         self.chunk_state = _SIZE
-        content_type = head.content_type
-        response = Http1Response(head.status, head.reason, head.pairs, content_type, self)
+        response = Http1Response(head, self)
         self.response = response
-        self.buffered = framing in (NONE, LENGTH) and content_type != EVENT_STREAM
+        self.buffered = framing in (NONE, LENGTH) and head.content_type != EVENT_STREAM
         if not self.buffered:
             response.content = aiohttp.StreamReader(self, _STREAM_LIMIT, loop=self.loop)  # type: ignore[arg-type]
 

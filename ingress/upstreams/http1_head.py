@@ -15,6 +15,14 @@ EVENT_STREAM = "text/event-stream"
 # Response framing (RFC 9112 §6.3)
 NONE, LENGTH, CHUNKED, EOF = 0, 1, 2, 3
 _FRAMING_HEADERS = frozenset({"transfer-encoding", "content-length", "connection", "content-encoding", "content-type"})
+# The usual spellings of header names, lowercased (framing headers) or None (others): spares a
+# lower() per header line.
+_KNOWN: dict[str, str | None] = {
+    **{name: name.lower() for name in ("Content-Type", "Content-Length", "Connection", "Content-Encoding",
+                                       "Transfer-Encoding")},
+    **{name: None for name in ("Date", "Server", "Mcp-Session-Id", "Cache-Control", "Keep-Alive", "Vary")},
+}
+_KNOWN.update({name.lower(): low for name, low in _KNOWN.items()})
 
 
 class BadResponse(aiohttp.ClientError):
@@ -30,7 +38,7 @@ class ResponseHead:
                  framing: int, length: int, keep_alive: bool, decoder: zlib._Decompress | None) -> None:
         self.status = status
         self.reason = reason
-        self.pairs = pairs
+        self.pairs = pairs  # the header fields in order, values without surrounding blanks
         self.content_type = content_type
         self.framing = framing
         self.length = length  # body bytes (LENGTH framing)
@@ -55,19 +63,32 @@ def parse_head(head: bytes) -> ResponseHead | None:
     pairs: list[tuple[str, str]] = []
     # The first value of each header framing needs (what CIMultiDict.get would return), picked
     # out while splitting: the multidict itself is built only if a caller asks for headers.
-    framing_headers: dict[str, str] = {}
+    fields: dict[str, str] = {}
+    known = _KNOWN
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if not sep or not name or name[-1] in " \t" or name[0] in " \t":
             raise BadResponse(f"invalid header line {line[:100]!r}")
         value = value.strip(" \t")
         pairs.append((name, value))
-        low = name.lower()
-        if low in _FRAMING_HEADERS and low not in framing_headers:
-            framing_headers[low] = value
+        low = known.get(name, "")
+        if low == "":
+            low = name.lower()
+            if low not in _FRAMING_HEADERS:
+                continue
+        elif low is None:
+            continue
+        if low not in fields:
+            fields[low] = value
+    return _verdict(status, reason, version, fields, pairs)
+
+
+def _verdict(status: int, reason: str, version: str, fields: dict[str, str],
+             pairs: list[tuple[str, str]]) -> ResponseHead:
+    """What the status and the framing headers say of the body and the connection."""
     framing = EOF
     length = 0
-    te = framing_headers.get("transfer-encoding")
+    te = fields.get("transfer-encoding")
     if status in (101, 204, 304):
         framing = NONE if status != 101 else EOF
     elif te is not None:
@@ -77,22 +98,26 @@ def parse_head(head: bytes) -> ResponseHead | None:
                 raise BadResponse(f"unsupported Transfer-Encoding {te!r}")
             framing = CHUNKED
     else:
-        cl = framing_headers.get("content-length")
+        cl = fields.get("content-length")
         if cl is not None:
-            values = {v.strip() for v in cl.split(",")} if "," in cl else {cl}
-            if len(values) != 1 or not (value := values.pop()).isdigit():
-                raise BadResponse(f"invalid Content-Length {cl!r}")
-            length = int(value)
+            if cl.isascii() and cl.isdigit():  # (not "²": str.isdigit takes it, int does not)
+                length = int(cl)
+            else:
+                values = {v.strip() for v in cl.split(",")} if "," in cl else {cl}
+                if len(values) != 1 or not ((value := values.pop()).isascii() and value.isdigit()):
+                    raise BadResponse(f"invalid Content-Length {cl!r}")
+                length = int(value)
             framing = LENGTH if length else NONE
-    connection = framing_headers.get("connection", "")
-    keep_alive = version == "HTTP/1.1" and framing != EOF and "close" not in connection.lower()
-    encoding = framing_headers.get("content-encoding", "").strip().lower()
-    decoder: zlib._Decompress | None
-    if encoding in ("", "identity"):
-        decoder = None
-    elif encoding in ("gzip", "x-gzip", "deflate"):
-        decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
-    else:
-        raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
-    content_type = framing_headers.get("content-type", "").partition(";")[0].strip().lower()
+    connection = fields.get("connection")
+    keep_alive = version == "HTTP/1.1" and framing != EOF and (connection is None or "close" not in connection.lower())
+    encoding = fields.get("content-encoding")
+    decoder: zlib._Decompress | None = None
+    if encoding is not None:
+        encoding = encoding.strip().lower()
+        if encoding in ("gzip", "x-gzip", "deflate"):
+            decoder = zlib.decompressobj(wbits=47)  # gzip or zlib, by the header
+        elif encoding not in ("", "identity"):
+            raise BadResponse(f"unsupported Content-Encoding {encoding!r}")
+    content_type = fields.get("content-type")
+    content_type = "" if content_type is None else content_type.partition(";")[0].strip().lower()
     return ResponseHead(status, reason, pairs, content_type, framing, length, keep_alive, decoder)

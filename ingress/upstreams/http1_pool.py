@@ -102,22 +102,33 @@ class Http1Pool:
             self._heads[key] = head
         return head + b"%d\r\n\r\n" % length
 
+    def encode(self, body: bytes, headers: Mapping[str, str]) -> bytes | list[bytes]:
+        """The request to write for a POST of `body` with `headers` (see `send`)."""
+        head = self._head(headers, len(body))
+        return head + body if len(body) <= _INLINE_BODY else [head, body]
+
     async def post(self, body: bytes, headers: Mapping[str, str]) -> Http1Response:
         """POST `body`; return once the head arrives (a buffered body is already complete)."""
+        return await self.send(self.encode(body, headers))
+
+    async def send(self, request: bytes | list[bytes]) -> Http1Response:
+        """Write an encoded request on a pooled or a new connection; return once the head arrives."""
         if self.closed:
             raise aiohttp.ClientConnectionError("the connection pool is closed")
-        head = self._head(headers, len(body))
-        conn = self._acquire()
+        conn = self.idle_connection()
         if conn is None:
             conn = await self._connect()
         try:
-            return await conn.send(head + body if len(body) <= _INLINE_BODY else [head, body])
+            return await conn.send(request)
         except BaseException:
-            if conn.waiter is not None or conn.response is not None:
-                conn.abort()  # no complete answer: this connection cannot carry another request
+            conn.abandon()
             raise
 
-    def _acquire(self) -> Http1Connection | None:
+    def idle_connection(self) -> Http1Connection | None:
+        """A pooled connection ready for a request, if there is one (none once the pool is closed).
+
+        For callers that await `conn.send(...)` themselves (one coroutine less than `send`): they
+        must call `conn.abandon()` when that await raises, as `send` does."""
         idle = self._idle
         now = self.loop.time()
         while idle:

@@ -210,6 +210,7 @@ async def test_status_reason_and_headers_are_exposed() -> None:
     b"HTTP/1.1 200 OK\r\nBad Header\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nName : v\r\n\r\n",
     b"HTTP/1.1 200 OK\r\nContent-Length: 1, 2\r\n\r\n",
+    b"HTTP/1.1 200 OK\r\nContent-Length: \xb2\r\n\r\n",  # a digit to str.isdigit, not to int
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n0x1\r\n",
     b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
@@ -225,6 +226,28 @@ async def test_malformed_responses_fail_and_close_the_connection(raw: bytes) -> 
             assert resp.content is not None
             await resp.content.read()
         await asyncio.wait_for(server.closed_by_client.wait(), 2)
+
+
+@pytest.mark.parametrize("where", ["status line", "head", "blank line", "body"])
+async def test_an_answer_arriving_in_pieces_is_put_together(where: str) -> None:
+    body, ctype = JSON
+    head = f"HTTP/1.1 200 OK\r\n{ctype}\r\nContent-Length: {len(body)}\r\n\r\n".encode()
+    cut = {"status line": 5, "head": len(head) - 10, "blank line": len(head) - 2, "body": len(head) + 3}[where]
+    raw = head + body
+
+    async def script(_r: asyncio.StreamReader, w: asyncio.StreamWriter, _n: int) -> None:
+        w.write(raw[:cut])
+        await w.drain()
+        await asyncio.sleep(0.02)  # a separate read on the client's side
+        w.write(raw[cut:])
+        await w.drain()
+
+    async with serving(script) as (server, pool):
+        for _ in range(2):
+            resp = await pool.post(b"{}", {})
+            assert (resp.status, resp.content_type, resp.buffered_body) == (200, "application/json", body)
+            assert resp.headers["content-length"] == str(len(body))
+        assert server.connections == 1
 
 
 async def test_a_body_cut_short_fails() -> None:
