@@ -189,7 +189,7 @@ class McpEndpoint:
         if target:
             server, tool_name = target, name
         else:
-            routed = await catalog.route("tool", name)
+            routed = catalog.cached_route("tool", name) or await catalog.route("tool", name)
             if not isinstance(routed, Route):
                 return None  # dispatch answers the unknown tool
             server, tool_name = routed.server, routed.name
