@@ -70,25 +70,27 @@ class LogEventSink:
     async def record(self, *events: GatewayEvent) -> None:
         if self.closed:
             raise SinkUnavailable("the event log is closed")
-        batch: list[GatewayEvent] = []
-        reported = len(self._refused)
-        if reported:
-            batch.append(self._gap_event())
-        batch.extend(events)
-        if self.chain.checkpoint_due():
-            batch.append(self.chain.checkpoint(self.instance))
-        first = self.chain.seq + 1
-        records = []
         chain, seal = self.chain, self._seal
-        for event in batch:
-            if seal is not None:
-                records.append((event_key(event), chain.stamp_encoded(event, seal)))
-            else:
+        batch: Sequence[GatewayEvent] = events
+        reported = len(self._refused)
+        if reported or chain.checkpoint_due():
+            batch = [self._gap_event()] if reported else []
+            batch.extend(events)
+            if chain.checkpoint_due():
+                batch.append(chain.checkpoint(self.instance))
+        first = chain.seq + 1
+        records: list[tuple[bytes | None, bytes]]
+        if seal is not None:
+            stamp = chain.stamp_encoded
+            records = [(event_key(event), stamp(event, seal)) for event in batch]
+        else:
+            records = []
+            for event in batch:
                 chain.stamp(event)
                 records.append((event_key(event), self._encode(event)))
         # The numbers are taken: the append must run to its end even if the caller gives up (an agent
         # hanging up), or a refusal would leave a hole no gap event explains.
-        last = self.chain.seq
+        last = chain.seq
         if self._submit is not None:
             waiter: asyncio.Future[None] = asyncio.get_running_loop().create_future()
             try:
@@ -105,7 +107,7 @@ class LogEventSink:
         append.add_done_callback(_retrieved)
         await asyncio.shield(append)
 
-    async def _append(self, records: list[tuple[bytes, bytes]], first: int, last: int, reported: int) -> None:
+    async def _append(self, records: list[tuple[bytes | None, bytes]], first: int, last: int, reported: int) -> None:
         try:
             await self.producer.append_batch(self.topic, records)
         except LogError as exc:  # retryable or not, the numbers it took must be explained

