@@ -25,6 +25,14 @@ _KNOWN: dict[str, str | None] = {
 _KNOWN.update({name.lower(): low for name, low in _KNOWN.items()})
 
 
+# Verdicts on heads seen lately, by their exact bytes: an upstream repeats the same head (same
+# status, headers and body length, and a Date that changes once a second) for answers of the same
+# size, and parsing one costs more than the rest of reading the answer. A verdict is never changed
+# after parsing, so responses can share it.
+_RECENT: dict[bytes, ResponseHead] = {}
+_RECENT_MAX = 256
+
+
 class BadResponse(aiohttp.ClientError):
     """The upstream's bytes are not a valid HTTP/1.1 response."""
 
@@ -48,6 +56,18 @@ class ResponseHead:
 
 def parse_head(head: bytes) -> ResponseHead | None:
     """The head (without its blank line), or None for a 1xx interim response; BadResponse if invalid."""
+    seen = _RECENT.get(head)
+    if seen is not None:
+        return seen
+    verdict = _parse(head)
+    if verdict is not None and verdict.decoder is None:  # (a decoder has state: one per response)
+        if len(_RECENT) >= _RECENT_MAX:
+            _RECENT.clear()
+        _RECENT[head] = verdict
+    return verdict
+
+
+def _parse(head: bytes) -> ResponseHead | None:
     try:
         text = head.decode("latin-1")
     except UnicodeDecodeError:  # pragma: no cover - latin-1 decodes any byte

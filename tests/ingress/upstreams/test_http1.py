@@ -11,6 +11,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import pytest
 
+from ingress.upstreams.http1_head import parse_head
 from ingress.upstreams.http1_pool import BadResponse, ConnectFailed, Http1Pool
 from ingress.upstreams.http_base import Deadlines
 
@@ -432,3 +433,11 @@ async def test_closing_the_pool_fails_a_close_delimited_stream() -> None:
         with pytest.raises(aiohttp.ClientPayloadError):
             await resp.content.read()  # not a clean end: the stream was cut, not finished
 
+
+
+def test_a_repeated_head_is_parsed_once_but_a_decoder_is_never_shared() -> None:
+    plain = b"HTTP/1.1 200 OK\r\nContent-Type: application/json\r\nContent-Length: 2"
+    assert parse_head(plain) is parse_head(bytes(plain))
+    packed = b"HTTP/1.1 200 OK\r\nContent-Encoding: gzip\r\nContent-Length: 20"
+    first, second = parse_head(packed), parse_head(packed)
+    assert first is not None and second is not None and first.decoder is not second.decoder
