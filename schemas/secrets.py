@@ -252,10 +252,18 @@ def patterns_in(raw: bytes) -> tuple[SecretPattern, ...]:
     return tuple(p for p in PATTERNS if p in owners)  # in PATTERNS order: it decides precedence
 
 
+_FEW_KEYS = 64
+
+
 def may_name_secret(raw: bytes) -> bool:
     """Whether some JSON object key in `raw` may name a secret (false only when none can)."""
     if b"\\u" in raw:
         return True
+    keys = _JSON_KEY.findall(raw)
+    # The answer is no unless a key names a secret, and a few keys are checked faster than the
+    # words are scanned for (~3 µs each in 4 KB); the scan below only ever turns a yes into a no.
+    if len(keys) <= _FEW_KEYS and not any(is_secret_key(k.decode("utf-8", "replace")) for k in keys):
+        return False
     low = raw.lower()
     hits = [w for w in _WORD_ANCHORS if w in low]
     if hits == [b"token"]:  # `progressToken` is in most requests: not worth a closer look alone
@@ -265,7 +273,7 @@ def may_name_secret(raw: bytes) -> bool:
             return False
     elif not hits:
         return False
-    return any(is_secret_key(k.decode("utf-8", "replace")) for k in _JSON_KEY.findall(raw))
+    return any(is_secret_key(k.decode("utf-8", "replace")) for k in keys)
 
 
 def _sub_at_starts(

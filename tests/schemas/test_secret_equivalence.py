@@ -14,7 +14,20 @@ import pytest
 from schemas import redaction
 from schemas.payload import prepare_payload
 from schemas.redaction import redact_payload
-from schemas.secrets import _ANCHOR_OWNER, _ANY_ANCHOR, PATTERNS, SecretPattern, patterns_in, redact_bytes, redact_text
+from schemas.secrets import (
+    _ANCHOR_OWNER,
+    _ANY_ANCHOR,
+    _JSON_KEY,
+    _SAFE_TOKEN_KEYS,
+    _WORD_ANCHORS,
+    PATTERNS,
+    SecretPattern,
+    is_secret_key,
+    may_name_secret,
+    patterns_in,
+    redact_bytes,
+    redact_text,
+)
 
 _ORACLE_TEXT = {p.kind: re.compile(p.source, re.DOTALL | re.ASCII) for p in PATTERNS}
 _ORACLE_BYTES = {p.kind: re.compile(p.source.encode(), re.DOTALL) for p in PATTERNS}
@@ -43,6 +56,21 @@ def oracle_patterns_in(raw: bytes) -> tuple[SecretPattern, ...]:
         return PATTERNS
     owners = {_ANCHOR_OWNER[m.group()] for m in _ANY_ANCHOR.finditer(raw)}
     return tuple(p for p in PATTERNS if p in owners)
+
+
+def oracle_may_name_secret(raw: bytes) -> bool:
+    if b"\\u" in raw:
+        return True
+    low = raw.lower()
+    hits = [w for w in _WORD_ANCHORS if w in low]
+    if hits == [b"token"]:
+        for safe in _SAFE_TOKEN_KEYS:
+            low = low.replace(safe, b"")
+        if b"token" not in low:
+            return False
+    elif not hits:
+        return False
+    return any(is_secret_key(k.decode("utf-8", "replace")) for k in _JSON_KEY.findall(raw))
 
 
 JWT = "eyJhbGciOiJIUzI1NiJ9.eyJzdWIiOiIxMjM0NTY3ODkwIn0.dozjgNryP4J3jVmNHl0w5N_XgL0n"
@@ -159,3 +187,21 @@ def test_patterns_in_sees_what_an_overlap_hides() -> None:
     for raw in (b"AKIAIza" + b"." * 2000, b"AKIAIza" + b"." * 2000 + b"AIza", b"ASIAIza" + b"x" * 1024):
         assert patterns_in(raw) == oracle_patterns_in(raw)
     assert [p.kind for p in patterns_in(b"AKIAIza" + b"." * 2000)] == ["aws_access_key"]
+
+
+KEYS = [
+    "password", "apiKey", "x-api-key", "progressToken", "progress_token", "next-page-token", "maxTokens", "name",
+    "api_\u212aey", "clientSecret", "monkey", "token", "keys", "Authorization", "a", "secretary", "jwt", "pwd",
+]  # fmt: skip
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_may_name_secret_as_the_oracle(seed: int) -> None:
+    rng = random.Random(3000 + seed)
+    for _ in range(300):
+        obj = {rng.choice([*KEYS, random_text(rng)]): random_text(rng) for _ in range(rng.randint(0, 6))}
+        words = " ".join(rng.choice(KEYS + FRAGMENTS) for _ in range(rng.randint(0, 5)))
+        many = {f"k{i}": i for i in range(rng.choice([0, 70]))}
+        for raw in (json.dumps({**many, **obj, "text": words}).encode(), json.dumps(obj, ensure_ascii=False).encode(),
+                    words.encode(), ('{"' + words + '": 1}').encode()):  # fmt: skip
+            assert may_name_secret(raw) == oracle_may_name_secret(raw), raw
