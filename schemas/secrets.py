@@ -276,6 +276,10 @@ def may_name_secret(raw: bytes) -> bool:
     return any(is_secret_key(k.decode("utf-8", "replace")) for k in keys)
 
 
+# A match attempt from Python costs about what `re` spends on this many bytes trying a pattern.
+_CANDIDATE_COST = 48
+
+
 def _sub_at_starts(
     value: AnyStr, regex: re.Pattern[AnyStr], marker: AnyStr, starts: Sequence[tuple[AnyStr, int]]
 ) -> tuple[AnyStr, int]:
@@ -283,6 +287,11 @@ def _sub_at_starts(
     result: `subn` replaces the leftmost match, then searches on from its end; every match starts
     at a candidate, and `match(value, start)` sees the text before `start` (for `\\b`) as a search
     does. No pattern matches the empty string, so `subn` has no empty-match steps to mirror."""
+    occurrences = sum(value.count(literal) for literal, _ in starts)  # no more than the starts
+    if not occurrences:
+        return value, 0
+    if occurrences * _CANDIDATE_COST > len(value):  # dense: trying the pattern at every byte is cheaper
+        return regex.subn(marker, value)
     candidates = set()
     for literal, back in starts:
         at = value.find(literal)
