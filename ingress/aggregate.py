@@ -29,7 +29,7 @@ LIST_METHODS: Mapping[str, tuple[str, str, bool]] = {
 @dataclass(slots=True)
 class MergedList:
     items: list[JsonObject]
-    owners: dict[str, tuple[str, str]] = field(default_factory=dict)  # exposed key -> Route(server, key)
+    owners: dict[str, Route] = field(default_factory=dict)  # exposed key -> (server, key)
     version: str = ""
 
 
@@ -43,7 +43,7 @@ def merge(
     _, key_field, renamed = LIST_METHODS[method]
     renamed = renamed and rename
     items: list[JsonObject] = []
-    owners: dict[str, tuple[str, str]] = {}
+    owners: dict[str, Route] = {}
     for server, server_items in per_server:
         for item in server_items:
             key = item.get(key_field)

@@ -8,6 +8,8 @@ serve a per-server endpoint, with the upstream's identity instead of the gateway
 from __future__ import annotations
 
 import asyncio
+import functools
+from collections.abc import Awaitable, Callable
 
 from mcp_types import INVALID_PARAMS
 
@@ -34,6 +36,26 @@ AGGREGATE_CAPABILITIES: JsonObject = {
 
 
 class AggregateHandlers(Forwarder):
+    @functools.cached_property
+    def _aggregate(self) -> dict[str, Callable[[Message, CallContext, AgentSession | None], Awaitable[Reply]]]:
+        """The methods the aggregated endpoint answers itself or routes, each to its handler."""
+        return {
+            "initialize": self._initialize,
+            "server/discover": self._discover,
+            "ping": self._ping,
+            "logging/setLevel": self._set_level,
+            "tools/list": self._list,
+            "prompts/list": self._list,
+            "resources/list": self._list,
+            "resources/templates/list": self._list,
+            "tools/call": self._call_named,
+            "prompts/get": self._call_named,
+            "resources/read": self._call_resource,
+            "resources/subscribe": self._call_resource,
+            "resources/unsubscribe": self._call_resource,
+            "completion/complete": self._complete,
+        }
+
     # -- handshake -------------------------------------------------------------------------------
 
     def _server_info(self, target: str) -> JsonObject:

@@ -204,7 +204,7 @@ class Catalog:
             }
         return specs.get(tool, _NO_SPECS)
 
-    def cached_owners(self, method: str) -> Mapping[str, tuple[str, str]] | None:
+    def cached_owners(self, method: str) -> Mapping[str, Route] | None:
         cached = self._merged.get(method)
         return cached.merged.owners if cached is not None else None
 
@@ -214,8 +214,7 @@ class Catalog:
         cached = self._merged.get(_NAMED_LISTS.get(what, ""))
         if cached is None:
             return None
-        owner = cached.merged.owners.get(name)
-        return owner if type(owner) is Route else None
+        return cached.merged.owners.get(name)
 
     async def route(self, what: str, name: str) -> Route | NotRouted:
         """Find the server owning a tool or prompt (exposed name) or a resource URI."""

@@ -11,21 +11,15 @@ cannot tell it from the server itself. Between eras the envelope is translated
 from __future__ import annotations
 
 import logging
-import time
-from collections.abc import Awaitable, Callable, Mapping
 
 from ingress import errors
 from ingress.aggregate_handlers import AGGREGATE_CAPABILITIES, GATEWAY_SERVER_INFO, AggregateHandlers
-from ingress.blocklist import Blocklist, refusal
-from ingress.catalog import Catalog
-from ingress.config import LimitsConfig
+from ingress.blocklist import refusal
 from ingress.era_translation import legacy_answer, modernize
 from ingress.jsonrpc import Message, result_body
-from ingress.recorder import Recorder
 from ingress.replies import Reply, blocked_reply
 from ingress.sessions import AgentSession
-from ingress.subscriptions import ResourceSubscriptions
-from ingress.upstreams.base import CallContext, Upstream
+from ingress.upstreams.base import CallContext
 from ingress.upstreams.errors import UpstreamError
 from schemas.decisions import Decision
 from schemas.events import Outcome
@@ -39,40 +33,7 @@ REMOVED_IN_MODERN = frozenset({"initialize", "ping", "logging/setLevel", "resour
                                "resources/unsubscribe"})
 
 
-def _now_us() -> int:
-    return time.time_ns() // 1000
-
-
 class Dispatcher(AggregateHandlers):
-    def __init__(
-        self,
-        upstreams: Callable[[], Mapping[str, Upstream]],
-        catalog: Catalog,
-        limits: LimitsConfig,
-        subscriptions: ResourceSubscriptions,
-        *,
-        blocklist: Blocklist | None = None,
-        recorder: Recorder | None = None,
-        clock: Callable[[], int] = _now_us,
-    ) -> None:
-        super().__init__(upstreams, catalog, limits, subscriptions, blocklist, recorder, clock)
-        self._aggregate: dict[str, Callable[[Message, CallContext, AgentSession | None], Awaitable[Reply]]] = {
-            "initialize": self._initialize,
-            "server/discover": self._discover,
-            "ping": self._ping,
-            "logging/setLevel": self._set_level,
-            "tools/list": self._list,
-            "prompts/list": self._list,
-            "resources/list": self._list,
-            "resources/templates/list": self._list,
-            "tools/call": self._call_named,
-            "prompts/get": self._call_named,
-            "resources/read": self._call_resource,
-            "resources/subscribe": self._call_resource,
-            "resources/unsubscribe": self._call_resource,
-            "completion/complete": self._complete,
-        }
-
     # -- entry points --------------------------------------------------------------------------
 
     async def request(self, msg: Message, ctx: CallContext, target: str, session: AgentSession | None) -> Reply:

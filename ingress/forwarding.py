@@ -9,6 +9,7 @@ subscriptions are counted here, since agents share upstream sessions.
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Callable, Mapping
 
 from mcp_types import INVALID_PARAMS, METHOD_NOT_FOUND
@@ -33,6 +34,10 @@ MAX_INPUT_ROUNDS = 10
 LISTEN_TIMEOUT_S = 7 * 24 * 3600.0  # a listen stream lasts until either side closes it
 
 
+def _now_us() -> int:
+    return time.time_ns() // 1000
+
+
 class Forwarder:
     """The dispatcher's state, and the path of a message to one upstream."""
 
@@ -42,9 +47,10 @@ class Forwarder:
         catalog: Catalog,
         limits: LimitsConfig,
         subscriptions: ResourceSubscriptions,
-        blocklist: Blocklist | None,
-        recorder: Recorder | None,
-        clock: Callable[[], int],
+        *,
+        blocklist: Blocklist | None = None,
+        recorder: Recorder | None = None,
+        clock: Callable[[], int] = _now_us,
     ) -> None:
         self._upstreams = upstreams
         self.blocklist = blocklist if blocklist is not None else Blocklist(catalog.naming)
