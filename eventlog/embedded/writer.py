@@ -34,7 +34,9 @@ always exists.
 
 Appends go into preallocated zeros (see partition.py): when a flush would write past them, the same
 flush first writes the next `PREALLOCATE_BYTES` of zeros after its records, so one in so many flushes
-pays for the file-size change in its fdatasync and the others flush data only.
+pays for the file-size change in its fdatasync and the others flush data only. The file I/O itself
+(write, fsync, rollback, the flush thread) is in flush_io.py; this module decides what to flush,
+when and where, and applies the outcome.
 
 Each partition a flush touches costs one fsync, done one after another: on one machine a single
 partition (the default) is the fast choice, and per-key order needs no more.
@@ -45,36 +47,20 @@ from __future__ import annotations
 import asyncio
 import functools
 import logging
-import os
-import queue
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
 
 from eventlog.base import LogError, LogUnavailable
 from eventlog.embedded.config import LogLimits
+from eventlog.embedded.flush_io import FlushFailed, FlushThread, Job, create_segments, job, write_and_sync
 from eventlog.embedded.partition import PartitionLog
 from eventlog.embedded.segment import OVERHEAD, encode
 
 log = logging.getLogger("mcpgw.eventlog.embedded")
 
-# Module-level so tests can substitute a failing or counting sync. fdatasync suffices for appends:
-# it flushes the metadata needed to read the data back (the file size), skipping mtime.
-_sync: Callable[[int], None] = getattr(os, "fdatasync", os.fsync)
-_pwrite: Callable[[int, bytes | memoryview, int], int] = os.pwrite
-
-# How far ahead of the records the active segment is zero-filled (never past `segment_bytes`). Larger
-# means fewer flushes that commit a size change, and a longer write for the one that does.
-PREALLOCATE_BYTES = 1024 * 1024
-_ZEROS = memoryview(bytes(PREALLOCATE_BYTES))
-
 Entry = tuple[PartitionLog, bytes | None, bytes]
-# One partition's part of a flush: the descriptor, the framed records, where they start, and the
-# range to fill with zeros after them (empty unless the flush writes past the preallocated end).
-Job = tuple[int | None, bytes, int, int, int]
 # Called once per append, on the loop thread: None when its records are durable, else why not.
 Settle = Callable[[LogError | None], None]
 
@@ -94,52 +80,10 @@ class LogStats:
 @dataclass(slots=True, eq=False)
 class _Append:
     entries: Sequence[Entry]
+    partition: PartitionLog | None  # the one partition of all the entries, else None
     timestamp_ms: int
     nbytes: int
     settle: Settle
-
-
-class _FlushFailed(Exception):
-    def __init__(self, phase: str, cause: OSError, recovered: bool) -> None:
-        super().__init__(f"{phase} failed: {cause}")
-        self.phase = phase
-        self.recovered = recovered
-
-
-class _FlushThread:
-    """One thread doing the file I/O; each job's outcome comes back as a callback on the loop.
-
-    Leaner than an executor: no concurrent future, no wrapped asyncio future, one queue put to hand
-    a job over and one `call_soon_threadsafe` to hand the outcome back.
-    """
-
-    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
-        self._loop = loop
-        self._jobs: queue.SimpleQueue[tuple[Callable[[Any], Any], Any, Callable[[Any, BaseException | None], None]]
-                                      | None] = queue.SimpleQueue()
-        self._thread = threading.Thread(target=self._run, name="eventlog-flush", daemon=True)
-        self._thread.start()
-
-    def submit(self, fn: Callable[[Any], Any], arg: Any, done: Callable[[Any, BaseException | None], None]) -> None:
-        self._jobs.put((fn, arg, done))
-
-    def stop(self) -> None:
-        """Finish the job under way, then end the thread (jobs are only submitted one at a time)."""
-        self._jobs.put(None)
-        self._thread.join()
-
-    def _run(self) -> None:
-        jobs, loop = self._jobs, self._loop
-        while (job := jobs.get()) is not None:
-            fn, arg, done = job
-            try:
-                result, error = fn(arg), None
-            except BaseException as exc:  # handed to the loop, which fails the flush closed
-                result, error = None, exc
-            try:
-                loop.call_soon_threadsafe(done, result, error)
-            except RuntimeError:  # the loop is closed: nobody is waiting any more
-                return
 
 
 class GroupCommitWriter:
@@ -151,7 +95,7 @@ class GroupCommitWriter:
         self._pending_records = 0
         self._pending_bytes = 0
         self._loop: asyncio.AbstractEventLoop | None = None
-        self._thread: _FlushThread | None = None
+        self._thread: FlushThread | None = None
         self._busy = False  # a flush is scheduled or under way
         self._idle_since = 0.0  # perf_counter when the writer last went idle
         self._last_flush_s = 0.0  # how long the last inline write+fsync took
@@ -162,7 +106,7 @@ class GroupCommitWriter:
 
     def start(self) -> None:
         self._loop = asyncio.get_running_loop()
-        self._thread = _FlushThread(self._loop)
+        self._thread = FlushThread(self._loop)
 
     async def close(self) -> None:
         """Flush what is queued, then stop; appends arriving after this call are refused."""
@@ -189,11 +133,14 @@ class GroupCommitWriter:
             raise LogUnavailable("event log is not open")
         limits = self._limits
         nbytes = 0
-        for _, key, value in entries:
+        only: PartitionLog | None = entries[0][0] if entries else None
+        for p, key, value in entries:
             size = OVERHEAD + len(value) + (len(key) if key else 0)
             if size > limits.max_record_bytes:
                 raise LogError(f"record of {size} bytes exceeds max_record_bytes={limits.max_record_bytes}")
             nbytes += size
+            if p is not only:
+                only = None
         if self._pending_records and (
             self._pending_records + len(entries) > limits.max_pending_records
             or self._pending_bytes + nbytes > limits.max_pending_bytes
@@ -201,7 +148,7 @@ class GroupCommitWriter:
             raise LogUnavailable(
                 f"log full: {self._pending_records} records / {self._pending_bytes} bytes await the disk"
             )
-        self._queue.append(_Append(entries, time.time_ns() // 1_000_000, nbytes, settle))
+        self._queue.append(_Append(entries, only, time.time_ns() // 1_000_000, nbytes, settle))
         self._pending_records += len(entries)
         self._pending_bytes += nbytes
         if not self._busy:
@@ -261,9 +208,8 @@ class GroupCommitWriter:
         if self.failed is not None:
             self._end(batch, LogUnavailable(f"event log stopped after a failed fsync ({self.failed}); reopen it"))
             return
-        entries = batch[0].entries
-        first = entries[0][0]
-        if len(batch) == 1 and all(p is first for p, _, _ in entries):
+        first = batch[0].partition
+        if first is not None and all(app.partition is first for app in batch):
             touched = [first]  # the common case: one partition
         else:
             touched = list(dict.fromkeys(p for app in batch for p, _, _ in app.entries))
@@ -272,7 +218,7 @@ class GroupCommitWriter:
         if rolling:
             # Roll only between flushes: the old segment is then wholly fsync'd, so recovery only ever
             # has to validate the last segment's tail.
-            self._thread.submit(_create_segments, rolling, functools.partial(self._rolled, batch, touched, rolling))
+            self._thread.submit(create_segments, rolling, functools.partial(self._rolled, batch, touched, rolling))
             return
         self._write(batch, touched)
 
@@ -292,37 +238,42 @@ class GroupCommitWriter:
             self._crashed(batch, exc)
 
     def _write(self, batch: list[_Append], touched: list[PartitionLog]) -> None:
-        chunks: dict[PartitionLog, list[bytes]] = {p: [] for p in touched}
-        next_offset = {p: p.high_watermark for p in touched}
-        for app in batch:
-            ts = app.timestamp_ms
-            for p, key, value in app.entries:
-                chunks[p].append(encode(next_offset[p], ts, p.active.size, key, value))
-                next_offset[p] += 1
-        jobs: list[Job] = []
-        for p in touched:
-            blob = b"".join(chunks[p])
-            start = p.active.size
-            end = start + len(blob)
-            fill_from = max(end, p.allocated)
-            fill_to = fill_from
-            if end > p.allocated:
-                fill_to = end + min(PREALLOCATE_BYTES, max(0, p.config.segment_bytes - end))
-            jobs.append((p.fd, blob, start, fill_from, fill_to))
-        done = functools.partial(self._flushed, batch, touched, jobs, next_offset)
+        ends: list[int]  # per touched partition: its high watermark once the flush is durable
+        if len(touched) == 1:
+            p = touched[0]
+            offset, durable_end = p.high_watermark, p.active.size
+            frames = []
+            for app in batch:
+                ts = app.timestamp_ms
+                for _, key, value in app.entries:
+                    frames.append(encode(offset, ts, durable_end, key, value))
+                    offset += 1
+            jobs = [job(p, b"".join(frames))]
+            ends = [offset]
+        else:
+            chunks: dict[PartitionLog, list[bytes]] = {p: [] for p in touched}
+            next_offset = {p: p.high_watermark for p in touched}
+            for app in batch:
+                ts = app.timestamp_ms
+                for p, key, value in app.entries:
+                    chunks[p].append(encode(next_offset[p], ts, p.active.size, key, value))
+                    next_offset[p] += 1
+            jobs = [job(p, b"".join(chunks[p])) for p in touched]
+            ends = [next_offset[p] for p in touched]
+        done = functools.partial(self._flushed, batch, touched, jobs, ends)
         if self._inline:
             try:
-                elapsed, error = _write_and_sync(jobs), None
+                elapsed, error = write_and_sync(jobs), None
             except BaseException as exc:  # as on the thread: the outcome decides, `_flushed` fails closed
                 elapsed, error = None, exc
             done(elapsed, error)
             return
         assert self._thread is not None
         self.stats.thread_flushes += 1
-        self._thread.submit(_write_and_sync, jobs, done)
+        self._thread.submit(write_and_sync, jobs, done)
 
     def _flushed(self, batch: list[_Append], touched: list[PartitionLog], jobs: list[Job],
-                 next_offset: dict[PartitionLog, int], elapsed: float | None, error: BaseException | None) -> None:
+                 ends: list[int], elapsed: float | None, error: BaseException | None) -> None:
         bound = self._limits.inline_flush_max_s
         if bound is not None:
             inline = elapsed is not None and elapsed < bound
@@ -337,7 +288,7 @@ class GroupCommitWriter:
             self.stats.failed_flushes += 1
             for p, (_, _, start, _, _) in zip(touched, jobs, strict=True):
                 p.allocated = min(p.allocated, start)  # the rollback cut the file there
-            if not isinstance(error, _FlushFailed):
+            if not isinstance(error, FlushFailed):
                 self._crashed(batch, error)
                 return
             if not error.recovered:
@@ -349,16 +300,19 @@ class GroupCommitWriter:
             self._end(batch, LogUnavailable(f"event log {error}"))
             return
         try:
+            stats = self.stats
             topics = set()
-            for p, (_, blob, start, _, fill_to) in zip(touched, jobs, strict=True):
-                p.active.index.add(p.high_watermark, start)
-                p.active.size = start + len(blob)
-                p.allocated = max(p.allocated, fill_to)
-                p.high_watermark = next_offset[p]
-                self.stats.bytes += len(blob)
+            for p, (_, blob, start, _, fill_to), end in zip(touched, jobs, ends, strict=True):
+                segment = p.active
+                segment.index.add(p.high_watermark, start)
+                segment.size = start + len(blob)
+                if fill_to > p.allocated:
+                    p.allocated = fill_to
+                p.high_watermark = end
+                stats.bytes += len(blob)
                 topics.add(p.topic)
-            self.stats.flushes += 1
-            self.stats.fsyncs += len(jobs)
+            stats.flushes += 1
+            stats.fsyncs += len(jobs)
         except Exception as exc:
             self._crashed(batch, exc)
             return
@@ -378,11 +332,15 @@ class GroupCommitWriter:
         self._loop.call_soon(self._gather)
 
     def _settle(self, batch: list[_Append], error: LogUnavailable | None) -> None:
+        records = nbytes = 0
         for app in batch:
-            self._pending_records -= len(app.entries)
-            self._pending_bytes -= app.nbytes
-            if error is None:
-                self.stats.records += len(app.entries)
+            records += len(app.entries)
+            nbytes += app.nbytes
+        self._pending_records -= records
+        self._pending_bytes -= nbytes
+        if error is None:
+            self.stats.records += records
+        for app in batch:
             try:
                 app.settle(error)
             except Exception:  # one appender's bug must not keep the others waiting
@@ -396,55 +354,3 @@ def _settle_future(done: asyncio.Future[None], error: LogError | None) -> None:
         done.set_result(None)
     else:
         done.set_exception(error)
-
-
-def _create_segments(partitions: list[PartitionLog]) -> list[int]:
-    """Flush thread: create the next segment file of each partition; on error close those created."""
-    fds: list[int] = []
-    try:
-        for p in partitions:
-            fds.append(p.create_segment_file(p.high_watermark))
-    except OSError:
-        for fd in fds:
-            os.close(fd)
-        raise
-    return fds
-
-
-def _write_all(fd: int, blob: bytes | memoryview, position: int) -> None:
-    n = _pwrite(fd, blob, position)  # one call writes it all, but for a short write
-    view = memoryview(blob)[n:]
-    position += n
-    while view:
-        n = _pwrite(fd, view, position)
-        view, position = view[n:], position + n
-
-
-def _write_and_sync(jobs: list[Job]) -> float:
-    """Write each blob (and zeros after it, if due), then fsync each file; on error undo every write.
-
-    Returns the seconds it took, which decide where the next flush runs.
-    """
-    began = time.perf_counter()
-    phase = "write"
-    try:
-        for fd, blob, start, fill_from, fill_to in jobs:
-            assert fd is not None, "partition not open for appending"
-            _write_all(fd, blob, start)
-            if fill_to > fill_from:
-                _write_all(fd, _ZEROS[: fill_to - fill_from], fill_from)
-        phase = "fsync"
-        for fd, _, _, _, _ in jobs:
-            assert fd is not None
-            _sync(fd)
-        return time.perf_counter() - began
-    except OSError as exc:
-        recovered = phase == "write"
-        for fd, _, start, _, _ in jobs:
-            try:
-                assert fd is not None
-                os.ftruncate(fd, start)
-                _sync(fd)
-            except OSError:
-                recovered = False
-        raise _FlushFailed(phase, exc, recovered) from exc

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from eventlog.base import LogError, LogUnavailable
-from eventlog.embedded import EmbeddedLog, LogLimits, writer
+from eventlog.embedded import EmbeddedLog, LogLimits, flush_io
 from tests.eventlog.backends import read_until_quiet
 
 
@@ -42,7 +42,7 @@ async def test_a_failed_fsync_fails_every_waiter_and_stops_the_log_until_reopene
     async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=bound)) as log:
         producer = log.producer()
         await producer.append("t", b"k", b"durable")
-        monkeypatch.setattr(writer, "_sync", failing(errno.EIO))
+        monkeypatch.setattr(flush_io, "_sync", failing(errno.EIO))
         results = await asyncio.gather(
             *(producer.append("t", b"k", f"lost-{i}".encode()) for i in range(10)), return_exceptions=True
         )
@@ -69,7 +69,7 @@ async def test_a_failed_write_is_rolled_back_and_the_log_keeps_working(
     async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=bound)) as log:
         producer = log.producer()
         await producer.append("t", b"k", b"first")
-        monkeypatch.setattr(writer, "_pwrite", half_then_full)
+        monkeypatch.setattr(flush_io, "_pwrite", half_then_full)
         results = await asyncio.gather(
             *(producer.append("t", b"k", b"x" * 100) for _ in range(5)), return_exceptions=True
         )
@@ -86,13 +86,13 @@ async def test_appends_beyond_max_pending_are_refused_not_buffered(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     disk = threading.Event()
-    real_sync = writer._sync
+    real_sync = flush_io._sync
 
     def slow_sync(fd: int) -> None:
         disk.wait(10)
         real_sync(fd)
 
-    monkeypatch.setattr(writer, "_sync", slow_sync)
+    monkeypatch.setattr(flush_io, "_sync", slow_sync)
     # On the flush thread, where a slow disk sends the flushes: the loop keeps taking appends meanwhile.
     async with EmbeddedLog(tmp_path, limits=LogLimits(max_pending_records=5, inline_flush_max_s=None)) as log:
         producer = log.producer()
