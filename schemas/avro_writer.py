@@ -63,10 +63,28 @@ def _varint(n: int) -> bytes:
 
 _SMALL_VARINTS = tuple(_varint(n << 1) for n in range(_SMALL))
 
+# Varint bytes of `z >> 14` by that value, for zigzagged values of 2**21 and more: a varint is its
+# low two 7-bit groups, then the varint of the rest, and the rest of a timestamp in µs changes every
+# 8 ms, of a sequence number every 8192 events. Bounded: emptied when full.
+_TAILS: dict[int, bytes] = {}
+_TAILS_MAX = 1024
+
 
 def _long(n: int) -> bytes:
     if type(n) is int and 0 <= n <= _LONG_MAX:  # timestamps, sequence numbers, latencies
-        return _SMALL_VARINTS[n] if n < _SMALL else _varint(n << 1)
+        if n < _SMALL:
+            return _SMALL_VARINTS[n]
+        z = n << 1
+        if z < 1 << 21:
+            if z < 1 << 14:
+                return _PACK2(z & 0x7F | 0x80, z >> 7)
+            return _PACK3(z & 0x7F | 0x80, z >> 7 & 0x7F | 0x80, z >> 14)
+        tail = _TAILS.get(z >> 14)
+        if tail is None:
+            if len(_TAILS) >= _TAILS_MAX:
+                _TAILS.clear()
+            tail = _TAILS[z >> 14] = _varint(z >> 14)
+        return _PACK2(z & 0x7F | 0x80, z >> 7 & 0x7F | 0x80) + tail
     if not isinstance(n, int):  # bool is an int to Avro writers too
         raise TypeError(f"{n!r} is not an integer")
     if not _LONG_MIN <= n <= _LONG_MAX:

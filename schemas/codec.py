@@ -66,6 +66,8 @@ EVENT_REPEATED = frozenset({
     "method", "tool", "resource_uri", "prompt_name", "trace_id",
 })  # fmt: skip
 _EMPTY_STRING = b"\x00"
+# Copied per event: cheaper than `hashlib.sha256()`, which looks the algorithm up in OpenSSL each time.
+_SHA256 = hashlib.sha256()
 
 
 class CodecError(ValueError):
@@ -297,7 +299,8 @@ class EventCodec(DataclassCodec[GatewayEvent]):
             before, after = split(event)
         except _VALUE_ERRORS as exc:
             raise CodecError(f"value does not fit the schema: {exc!r}") from exc
-        digest = hashlib.sha256(before)
+        digest = _SHA256.copy()
+        digest.update(before)
         digest.update(_EMPTY_STRING)
         digest.update(after)
         event.hash = sealed = digest.hexdigest()

@@ -11,7 +11,7 @@ from typing import Any
 import pytest
 from fastavro import parse_schema, schemaless_writer
 
-from schemas import catalog
+from schemas import avro_writer, catalog
 from schemas.avro_writer import RecordWriter, UnsupportedSchema
 from schemas.codec import (
     EVENT_RENAMES,
@@ -96,6 +96,21 @@ def test_longs_at_every_varint_length_are_written_as_fastavro_writes_them() -> N
         assert writer.write((n,)) == out.getvalue(), n
 
 
+def test_longs_sharing_cached_high_groups_write_what_fastavro_writes() -> None:
+    """Timestamps and counters reuse the cached varint of their high bits, also past the cache's bound."""
+    schema = {"type": "record", "name": "L", "fields": [{"name": "n", "type": "long"}]}
+    parsed = parse_schema(schema)
+    writer = RecordWriter(schema)
+    ts = 1_795_297_054_722_622
+    numbers = [*range(ts - 20_000, ts + 20_000, 7), *range(4090, 1 << 22, 997),
+               *(ts + k * 8192 for k in range(avro_writer._TAILS_MAX * 2)), ts, ts + 1]
+    for n in numbers:
+        out = BytesIO()
+        schemaless_writer(out, parsed, {"n": n})
+        assert writer.write((n,)) == out.getvalue(), n
+    assert 0 < len(avro_writer._TAILS) <= avro_writer._TAILS_MAX
+
+
 def test_strings_of_repeated_fields_come_from_the_cache_byte_for_byte() -> None:
     strings = [f["name"] for f in SCHEMA["fields"] if f["type"] == "string"]
     writer = RecordWriter(SCHEMA, repeated=strings)
@@ -106,8 +121,6 @@ def test_strings_of_repeated_fields_come_from_the_cache_byte_for_byte() -> None:
 
 
 def test_the_string_cache_is_bounded_and_refuses_what_is_not_a_string() -> None:
-    from schemas import avro_writer
-
     writer = RecordWriter(SCHEMA, repeated=["tenant"])
     cache = writer.write.__globals__["_sc"]
     event = gateway_events()[1]
