@@ -9,8 +9,12 @@ is the robust figure.
     python -m bench.side_by_side --variant base=/tmp/base:embedded --variant new=.:embedded \
         --variant mem=.:memory --rounds 6 --pin
 
-A variant is NAME=TREE:EVENT_LOG[:PYTHON], EVENT_LOG `memory` or `embedded`, PYTHON a statement run
-in the gateway process before it starts (e.g. `import sys; sys.setswitchinterval(0.001)`).
+A variant is NAME=TREE:EVENT_LOG[:PYTHON], EVENT_LOG `memory`, `embedded` or `kafka`, PYTHON a
+statement run in the gateway process before it starts (e.g. `import sys; sys.setswitchinterval(0.001)`).
+With any `kafka` variant one Tansu broker is started for the run (as `bench.run --event-log kafka`
+does, memory storage, on loopback), and every Kafka variant's gateway produces to it with its own
+client id, strict mode, acks=all, idempotence off (Tansu refuses it). `--pin` puts the broker with
+the upstream and the load generator on CPU 0.
 `--endpoint` picks what the gateways are called on: `servers` (`/servers/fast/mcp`, tool `echo`,
 the default), `mcp` (the aggregated `/mcp`, tool `fast__echo`), or both, each measured per variant
 in the same rounds.
@@ -18,6 +22,7 @@ in the same rounds.
 from __future__ import annotations
 
 import argparse
+import asyncio
 import json
 import os
 import statistics
@@ -26,7 +31,18 @@ import tempfile
 from pathlib import Path
 
 from bench.loadgen import LoadGen, client_session, percentile_ms
-from bench.run import Processes, busy_jiffies, cpu_ms, free_port, loadavg, pin, wait_port, wait_ready
+from bench.run import (
+    Processes,
+    busy_jiffies,
+    cpu_ms,
+    event_log_config,
+    free_port,
+    loadavg,
+    pin,
+    start_broker,
+    wait_port,
+    wait_ready,
+)
 
 HOST = "127.0.0.1"
 # endpoint -> (path on the gateway, tool name there)
@@ -53,13 +69,19 @@ async def main(args: argparse.Namespace) -> None:
         up = procs.start("up", [sys.executable, "-m", "bench.fast_upstream", "--port", str(up_port)], tmp / "up.log")
         await wait_port(up_port, lambda: up.poll() is None)
         gws = {}
+        kafka = any(spec.partition("=")[2].partition(":")[2].partition(":")[0] == "kafka" for spec in args.variant)
+        bootstrap, broker_pid = await start_broker(procs, tmp, print) if kafka else (None, None)
         for spec in args.variant:
             name, _, rest = spec.partition("=")
             root, _, el_name = rest.partition(":")
             el_name, _, prelude = el_name.partition(":")
             port = free_port()
             data = Path(tempfile.mkdtemp(prefix=f"side-by-side-{name}-", dir=args.data_parent))
-            el = {"memory": {"capacity": 200000}} if el_name == "memory" else {"embedded": {}}
+            if el_name not in ("memory", "embedded", "kafka"):
+                raise SystemExit(f"--variant {spec}: the event log must be memory, embedded or kafka")
+            el = event_log_config(el_name, bootstrap, 0)
+            if el_name == "kafka":
+                el["kafka"]["client_id"] = f"mcpgw-{name}"
             cfg = {"listen": {"host": HOST, "port": port}, "auth": "none", "data_dir": str(data),
                    "event_log": el, "audit": {"mode": "strict"},
                    "servers": {"fast": {"url": f"http://{HOST}:{up_port}/mcp"}}}
@@ -83,11 +105,20 @@ async def main(args: argparse.Namespace) -> None:
             if args.pin:
                 for p, _port in gws.values():
                     pin(p.pid, {1})
-                for pid in (up.pid, os.getpid()):
-                    pin(pid, {0})
+                for pid in (up.pid, os.getpid(), broker_pid):
+                    if pid is not None:
+                        pin(pid, {0})
             for k in gens:
                 for c in args.conc:
                     await gens[k].run(c, calls=300)
+            if args.idle:
+                # Background work (fetch loops, timers) is paid by every call: at 300 calls/s, 5% of
+                # a CPU while idle is 0.17 ms per call.
+                idle0 = {name: cpu_ms(p.pid) for name, (p, _port) in gws.items()}
+                await asyncio.sleep(args.idle)
+                for name, (p, _port) in gws.items():
+                    rate = (cpu_ms(p.pid) - idle0[name]) / args.idle
+                    print(f"  {name:10s} idle cpu {rate:.2f} ms/s ({rate / 10:.2f}% of a CPU)")
             res: dict[tuple[str, int], dict[str, list[float]]] = {}
             b0, t0 = busy_jiffies()
             keys = list(paths)
@@ -139,6 +170,8 @@ if __name__ == "__main__":
     ap.add_argument("--conc", type=int, nargs="+", default=[1, 16])
     ap.add_argument("--data-parent", default=None)
     ap.add_argument("--pin", action="store_true")
+    ap.add_argument("--idle", type=float, default=0.0,
+                    help="first measure each gateway's CPU while idle for this many seconds (after warm-up)")
     ap.add_argument("--endpoint", nargs="+", choices=sorted(ENDPOINTS), default=["servers"],
                     help="servers: /servers/fast/mcp (tool echo); mcp: the aggregated /mcp (tool fast__echo)")
     parsed = ap.parse_args()
