@@ -5,7 +5,9 @@ Durability: `append` returns once every in-sync replica has the record (acks=all
 enqueues with aiokafka's `send()` and awaits its own delivery future, so the accumulator batches
 whatever arrives within `linger_ms`; without it (and with `linger_ms` 0) appends skip the
 accumulator and its sender task: `kafka_direct` writes produce requests onto aiokafka's connection
-itself, with the same ordering, batching and retry rules, at ~0.2 ms less per append.
+itself, with the same ordering, batching and retry rules, at ~0.2 ms less per append. There
+`submit_batch` takes an append without a task of its own (see `SubmittingProducer` in
+ingress/log_sink.py): its acknowledgement settles it from a callback.
 
 Delivery is at-least-once: a failed `append_batch` may have written a prefix of its records, and
 without idempotence a retry after a lost acknowledgement can write a record twice; consumers
@@ -28,15 +30,16 @@ restarted broker may have acknowledged it and lost it.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import AIOKafkaProducer  # type: ignore[import-untyped]
 from aiokafka.conn import CloseReason  # type: ignore[import-untyped]
 from aiokafka.errors import BrokerResponseError, KafkaError  # type: ignore[import-untyped]
 
-from eventlog.base import LogUnavailable
+from eventlog.base import LogError, LogUnavailable
 from eventlog.kafka_admin import describe_error, ensure_topics, unavailable
 from eventlog.kafka_consumer import KafkaConsumer, KafkaTopicReader, RevokeCallback
 from eventlog.kafka_direct import DirectSender
@@ -63,6 +66,7 @@ class KafkaProducer:
         self._losses = 0
         self._ensuring: dict[str, asyncio.Future[None]] = {}
         self._closed = False
+        self._resending: set[asyncio.Task[None]] = set()
         # aiokafka bounds each stage (metadata, buffer space, acknowledgement) by request_timeout_ms;
         # this outer bound only guards against a stage that does not, so an append can never hang.
         self._deadline_s = 3 * settings.request_timeout_ms / 1000 + 1.0
@@ -84,6 +88,46 @@ class KafkaProducer:
         await self._send(producer, topic, records, deadline)
         if self._losses == losses or self._settings.enable_idempotence:
             return
+        await self._send_again(producer, topic, records, deadline)
+
+    def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+                     settle: Callable[[LogError | None], None]) -> bool:
+        """Take the records now and call `settle` once, on the loop, with None when they are durable
+        or the error (a `LogUnavailable`); False: nothing was taken (not started yet, a topic to
+        check, an idempotent producer, metadata to load), use `append_batch`."""
+        direct = self._direct
+        if direct is None or not records or (self._settings.create_topics and self._ensured.get(topic) != self._losses):
+            return False
+        settled = functools.partial(self._submitted, topic, records, self._losses, settle)
+        try:
+            return direct.submit(topic, records, settled)
+        except _CLIENT_ERRORS as exc:  # a record too large: refused before anything was sent
+            raise unavailable(f"append to {topic!r} failed", exc) from exc
+
+    def _submitted(self, topic: str, records: Sequence[tuple[bytes | None, bytes]], losses: int,
+                   settle: Callable[[LogError | None], None], error: BaseException | None) -> None:
+        if error is not None:
+            self._ensured.pop(topic, None)  # as in `_send`
+            settle(error if isinstance(error, LogError) else unavailable(f"append to {topic!r} failed", error))
+        elif self._losses == losses:
+            settle(None)
+        else:  # a connection broke meanwhile: what `append_batch` does then, in a task of its own
+            deadline = asyncio.get_running_loop().time() + self._deadline_s
+            again = asyncio.ensure_future(self._send_again(self._producer, topic, records, deadline))
+            self._resending.add(again)
+            again.add_done_callback(functools.partial(self._sent_again, settle))
+
+    def _sent_again(self, settle: Callable[[LogError | None], None], task: asyncio.Task[None]) -> None:
+        self._resending.discard(task)
+        error = LogUnavailable("kafka: producer closed during an append") if task.cancelled() else task.exception()
+        if error is None or isinstance(error, LogError):
+            settle(error)
+        else:
+            settle(LogUnavailable(f"kafka: sending an append again failed: {error!r}"))
+
+    async def _send_again(
+        self, producer: Any, topic: str, records: Sequence[tuple[bytes | None, bytes]], deadline: float
+    ) -> None:
         # A connection broke while this batch was in flight, so it may have been acknowledged by a
         # broker that had just restarted empty: Tansu (memory storage) acknowledges a produce to a
         # topic it no longer has, then loses the record when a metadata request re-creates the

@@ -16,7 +16,16 @@ What the accumulator path promised holds here too:
   retriable failures go back to the head of the queue and nothing overtakes them.
 - Retriable errors (a lost connection, a moved leader, an unknown topic) are retried after a
   backoff and a metadata refresh until request_timeout_ms after the append began (aiokafka's batch
-  expiry), then the last error is raised; other errors are raised at once.
+  expiry), then the last error is raised; other errors are raised at once. A request unanswered
+  after request_timeout_ms closes its connection (as aiokafka's client does) and counts as lost.
+
+`submit` takes records without a task: the request goes onto the connection at once when the
+sender is idle and the leader's connection is up (else it queues), and the answer settles the
+append from aiokafka's reader through a callback, which also sends what queued meanwhile. Only
+the slow cases (connecting, a retry's backoff, a leader to look up) run in a driver task. Requests
+are encoded by `kafka_wire` and written straight onto aiokafka's connection (its writer, its queue
+of awaited answers), so its reader task decodes the answer and everything else about the
+connection (idle drop, close, errors) stays aiokafka's.
 """
 
 from __future__ import annotations
@@ -24,14 +33,15 @@ from __future__ import annotations
 import asyncio
 import collections
 import contextlib
+import functools
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
+from aiokafka.client import ConnectionGroup  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, for_code  # type: ignore[import-untyped]
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
-from aiokafka.protocol.produce import ProduceRequest  # type: ignore[import-untyped]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatch,
     DefaultRecordBatchBuilder,
@@ -39,6 +49,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 
 from eventlog.base import LogUnavailable
 from eventlog.kafka_settings import KafkaSettings
+from eventlog.kafka_wire import transmit
 
 _CODECS = {
     None: 0,
@@ -52,26 +63,32 @@ _KEY_CACHE_LIMIT = 50_000  # (topic, key) -> partition; murmur2 is pure Python i
 _UNBOUNDED = 2**31 - 1  # chunks are cut to max_batch_bytes before they reach a builder
 
 Records = Sequence[tuple[bytes | None, bytes]]
+Settle = Callable[[BaseException | None], None]
+# Per leader, per partition, the chunks of one request.
+Requests = dict[int, dict[TopicPartition, list["_Chunk"]]]
 
 
 class _Append:
-    """One `send`: settled when every chunk of it is acknowledged, or at its first failure."""
+    """One `send`/`submit`: settled once, when every chunk of it is acknowledged or at its first failure."""
 
-    __slots__ = ("expires", "future", "pending")
+    __slots__ = ("done", "expires", "pending", "settle")
 
-    def __init__(self, future: asyncio.Future[None], pending: int, expires: float) -> None:
-        self.future = future
-        self.pending = pending
+    def __init__(self, settle: Settle, expires: float) -> None:
+        self.settle = settle
+        self.pending = 0
         self.expires = expires
+        self.done = False
 
     def chunk_done(self) -> None:
         self.pending -= 1
-        if self.pending == 0 and not self.future.done():
-            self.future.set_result(None)
+        if self.pending == 0 and not self.done:
+            self.done = True
+            self.settle(None)
 
     def fail(self, error: BaseException) -> None:
-        if not self.future.done():
-            self.future.set_exception(error)
+        if not self.done:
+            self.done = True
+            self.settle(error)
 
 
 class _Chunk:
@@ -86,10 +103,25 @@ class _Chunk:
         self.append = append
 
 
+def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
+    if future.done():
+        return
+    if error is None:
+        future.set_result(None)
+    else:
+        future.set_exception(error)
+
+
+def _resolve_once(future: asyncio.Future[float], value: float) -> None:
+    if not future.done():
+        future.set_result(value)
+
+
 class DirectSender:
     def __init__(self, producer: Any, settings: KafkaSettings) -> None:
         self._producer = producer
         self._client = producer.client
+        self._client_id = settings.client_id.encode()
         self._codec = _CODECS[settings.compression]
         self._request_timeout_ms = settings.request_timeout_ms
         self._timeout_s = settings.request_timeout_ms / 1000
@@ -98,47 +130,60 @@ class DirectSender:
         self._partitioner = DefaultPartitioner()
         self._partition_of: dict[tuple[str, bytes, int], int] = {}
         self._queue: collections.deque[_Chunk] = collections.deque()
-        # A round in progress or the driver task alive: new appends queue behind it.
+        # A round in flight or the driver task alive: new appends queue behind it.
         self._busy = False
         self._driver: asyncio.Task[None] | None = None
+        self._idle: asyncio.Future[None] | None = None  # `close` waiting for the rounds in flight
+
+    def submit(self, topic: str, records: Records, settle: Settle) -> bool:
+        """Queue the records (sending them now when idle); `settle` is called once, on the loop, with
+        None when all are acknowledged or the error. False: the topic's partitions are not known
+        yet (nothing was taken; `send` waits for them)."""
+        partitions = self._client.cluster.partitions_for_topic(topic)
+        if not partitions:
+            return False
+        self._enqueue(topic, records, sorted(partitions), settle)
+        return True
 
     async def send(self, topic: str, records: Records) -> None:
-        loop = asyncio.get_running_loop()
-        append = _Append(loop.create_future(), 0, loop.time() + self._timeout_s)
-        chunks = await self._chunks(topic, records, append)
-        append.pending = len(chunks)
-        self._queue.extend(chunks)
-        if self._busy:
-            await append.future
-            return
-        # Idle, so the queue held nothing before: this caller sends its own records itself, and
-        # the common case (nothing else in flight) takes no task hop at all.
-        self._busy = True
-        retry_in = 0.0
-        try:
-            retry_in = await self._round()
-        finally:
-            if self._queue:
-                self._driver = asyncio.ensure_future(self._drive(retry_in))
-            else:
-                self._busy = False
-        await append.future
-
-    async def close(self) -> None:
-        """Wait for what is queued (bounded by the retry deadline), then refuse what is left."""
-        driver = self._driver
-        if driver is not None and not driver.done():
-            with contextlib.suppress(TimeoutError, asyncio.CancelledError):
-                await asyncio.wait_for(asyncio.shield(driver), self._timeout_s + 1.0)
-            driver.cancel()
-        while self._queue:
-            self._queue.popleft().append.fail(LogUnavailable("kafka: producer closed before the append was sent"))
-
-    async def _chunks(self, topic: str, records: Records, append: _Append) -> list[_Chunk]:
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         partitions = self._client.cluster.partitions_for_topic(topic)
         if not partitions:
             partitions = await self._producer.partitions_for(topic)  # waits for metadata, bounded
-        ordered = sorted(partitions)
+        append = self._enqueue(topic, records, sorted(partitions), functools.partial(_resolve, future))
+        try:
+            await future
+        except asyncio.CancelledError:
+            # The caller gave up (its deadline): send nothing more of it; what is in flight stays so.
+            append.fail(LogUnavailable("kafka: the append was abandoned"))
+            raise
+
+    async def close(self) -> None:
+        """Wait for what is queued or in flight (bounded by the retry deadline), then refuse what is left."""
+        if self._busy:
+            self._idle = asyncio.get_running_loop().create_future()
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(asyncio.shield(self._idle), self._timeout_s + 1.0)
+        driver = self._driver
+        if driver is not None and not driver.done():
+            driver.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await driver
+        while self._queue:
+            self._queue.popleft().append.fail(LogUnavailable("kafka: producer closed before the append was sent"))
+
+    def _enqueue(self, topic: str, records: Records, ordered: list[int], settle: Settle) -> _Append:
+        append = _Append(settle, asyncio.get_running_loop().time() + self._timeout_s)
+        chunks = self._chunks(topic, records, ordered, append)
+        append.pending = len(chunks)
+        self._queue.extend(chunks)
+        if not self._busy:
+            # Idle, so the queue held nothing before: send now, without a task.
+            self._busy = True
+            self._fire()
+        return append
+
+    def _chunks(self, topic: str, records: Records, ordered: list[int], append: _Append) -> list[_Chunk]:
         count = len(ordered)
         current: dict[int, _Chunk] = {}
         chunks: list[_Chunk] = []
@@ -168,24 +213,71 @@ class DirectSender:
             cached = self._partition_of[(topic, key, count)] = int(self._partitioner(key, ordered, ordered))
         return cached
 
+    # -- rounds: one request per leader from the queue's head -------------------------------------------
+
+    def _fire(self) -> None:
+        """Start the next round from a callback when every leader's connection is up; else the driver does."""
+        requests, taken, leaderless = self._take()
+        if not taken and not leaderless:
+            self._set_idle()
+            return
+        if leaderless or not all(self._connection(node) is not None for node in requests):
+            self._queue.extendleft(reversed(taken))
+            self._start_driver(0.0)
+            return
+        self._launch(requests, taken, self._fired)
+
+    def _fired(self, retry_in: float) -> None:
+        if retry_in:
+            self._start_driver(retry_in)
+        else:
+            self._fire()
+
+    def _start_driver(self, retry_in: float) -> None:
+        self._driver = asyncio.ensure_future(self._drive(retry_in))
+
+    def _set_idle(self) -> None:
+        self._busy = False
+        if self._idle is not None and not self._idle.done():
+            self._idle.set_result(None)
+
     async def _drive(self, retry_in: float) -> None:
+        """The slow path: backoff and metadata before a retry, connecting, leaders to look up."""
         try:
             while self._queue:
                 if retry_in:
                     await asyncio.sleep(retry_in)
-                    await self._client._maybe_wait_metadata()
-                retry_in = await self._round()
+                    async with asyncio.timeout(self._timeout_s):
+                        await self._client._maybe_wait_metadata()
+                requests, taken, leaderless = self._take()
+                if leaderless:
+                    self._client.force_metadata_update()
+                if not taken:
+                    if leaderless:
+                        self._expire(self._queue[0].append, LogUnavailable(f"kafka: no leader for {self._queue[0].tp}"))
+                    retry_in = _RETRY_BACKOFF_S if leaderless else 0.0
+                    continue
+                for node in requests:
+                    with contextlib.suppress(KafkaError, OSError, TimeoutError):  # not ready: that request fails
+                        async with asyncio.timeout(self._timeout_s):
+                            await self._client.ready(node)
+                answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
+                self._launch(requests, taken, functools.partial(_resolve_once, answered))
+                # Cancelled (closing) while waiting here: the answer still settles the appends.
+                retry_in = await answered
+                if leaderless and not retry_in:
+                    retry_in = _RETRY_BACKOFF_S
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else LogUnavailable("kafka: producer closed during an append")
             while self._queue:
                 self._queue.popleft().append.fail(error)
             raise
         finally:
-            self._busy = False
+            self._set_idle()
 
-    def _take(self) -> tuple[dict[int, dict[TopicPartition, list[_Chunk]]], list[_Chunk], bool]:
+    def _take(self) -> tuple[Requests, list[_Chunk], bool]:
         """The queue's head for one request per leader: per partition one batch, in queue order."""
-        requests: dict[int, dict[TopicPartition, list[_Chunk]]] = {}
+        requests: Requests = {}
         taken: list[_Chunk] = []
         batch_sizes: dict[TopicPartition, int] = {}
         total = 0
@@ -193,7 +285,7 @@ class DirectSender:
         queue = self._queue
         while queue:
             chunk = queue[0]
-            if chunk.append.future.done():  # failed (or its caller gave up): send nothing more of it
+            if chunk.append.done:  # failed (or its caller gave up): send nothing more of it
                 queue.popleft()
                 continue
             leader = cluster.leader_for_partition(chunk.tp)
@@ -208,47 +300,44 @@ class DirectSender:
             taken.append(queue.popleft())
         return requests, taken, False
 
-    async def _round(self) -> float:
-        """Send one request per leader from the queue's head; returns the backoff before a retry (or 0)."""
-        requests, taken, leaderless = self._take()
-        if leaderless:
-            self._client.force_metadata_update()
-        if not taken:
-            if leaderless:
-                self._expire(self._queue[0].append, LogUnavailable(f"kafka: no leader for {self._queue[0].tp}"))
-                return _RETRY_BACKOFF_S
-            return 0.0
+    def _launch(self, requests: Requests, taken: list[_Chunk], then: Callable[[float], None]) -> None:
+        """Send one request per leader; once all are answered, settle the chunks and call `then` with
+        the backoff before a retry (or 0)."""
         failed: dict[int, BaseException] = {}  # id(chunk) -> its error
-        try:
-            if len(requests) == 1:
-                [(node, batches)] = requests.items()
-                try:
-                    answer = await self._request(node, batches)
-                except (KafkaError, OSError) as exc:
-                    answer = exc
-                self._answered(batches, answer, failed)
-            else:
-                nodes = list(requests)
-                answers = await asyncio.gather(*(self._request(n, requests[n]) for n in nodes), return_exceptions=True)
-                for node, answer in zip(nodes, answers, strict=True):
-                    self._answered(requests[node], answer, failed)
-        except asyncio.CancelledError:
-            for chunk in taken:  # sent or not, nobody will learn which
-                chunk.append.fail(LogUnavailable("kafka: append cancelled while its produce request was in flight"))
-            raise
-        retry = [chunk for chunk in taken if id(chunk) in failed and not chunk.append.future.done()]
+        outstanding = len(requests)
+
+        def answered(batches: dict[TopicPartition, list[_Chunk]], answer: Any) -> None:
+            nonlocal outstanding
+            self._answered(batches, answer, failed)
+            outstanding -= 1
+            if outstanding == 0:
+                then(self._settle_round(taken, failed))
+
+        for node, batches in requests.items():
+            self._transmit(node, batches, answered)
+
+    def _settle_round(self, taken: list[_Chunk], failed: dict[int, BaseException]) -> float:
+        retry = [chunk for chunk in taken if id(chunk) in failed and not chunk.append.done]
+        if not retry:
+            return 0.0
         now = asyncio.get_running_loop().time()
         for chunk in retry:
             if now >= chunk.append.expires or not getattr(failed[id(chunk)], "retriable", False):
                 chunk.append.fail(failed[id(chunk)])
-        retry = [chunk for chunk in retry if not chunk.append.future.done()]
-        if not retry and not leaderless:
+        retry = [chunk for chunk in retry if not chunk.append.done]
+        if not retry:
             return 0.0
         self._queue.extendleft(reversed(retry))
         return _RETRY_BACKOFF_S
 
-    async def _request(self, node: int, batches: dict[TopicPartition, list[_Chunk]]) -> Any:
-        topics: dict[str, list[tuple[int, bytearray]]] = {}
+    def _connection(self, node: int) -> Any:
+        conn = self._client._conns.get((node, ConnectionGroup.DEFAULT))
+        return conn if conn is not None and conn.connected() else None
+
+    def _transmit(self, node: int, batches: dict[TopicPartition, list[_Chunk]],
+                  answered: Callable[[dict[TopicPartition, list[_Chunk]], Any], None]) -> None:
+        """Send one produce request to `node`; `answered` gets the response or the error, on the loop."""
+        topics: dict[str, list[tuple[int, bytes | bytearray]]] = {}
         timestamp = int(time.time() * 1000)
         for tp, chunks in batches.items():
             builder = DefaultRecordBatchBuilder(2, self._codec, 0, -1, -1, 0, _UNBOUNDED)
@@ -258,17 +347,13 @@ class DirectSender:
                     builder.append(offset, timestamp=timestamp, key=key, value=value, headers=[])
                     offset += 1
             topics.setdefault(tp.topic, []).append((tp.partition, builder.build()))
-        request = ProduceRequest(
-            required_acks=-1, timeout=self._request_timeout_ms, topics=list(topics.items()), transactional_id=None
-        )
-        return await self._client.send(node, request)
+        transmit(self._connection(node), node, self._client_id, self._request_timeout_ms, list(topics.items()),
+                 functools.partial(answered, batches))
 
     def _answered(
         self, batches: dict[TopicPartition, list[_Chunk]], answer: Any, failed: dict[int, BaseException]
     ) -> None:
         if isinstance(answer, BaseException):
-            if not isinstance(answer, KafkaError | OSError):
-                raise answer
             if getattr(answer, "invalid_metadata", False):
                 self._client.force_metadata_update()
             for chunks in batches.values():
@@ -299,3 +384,4 @@ class DirectSender:
     def _expire(self, append: _Append, error: BaseException) -> None:
         if asyncio.get_running_loop().time() >= append.expires:
             append.fail(error)
+

@@ -5,21 +5,37 @@ embedded log): from then on every append is spooled, so order is kept, and a dra
 spool to the primary, in order, as soon as it answers again; only when the spool is empty do
 appends go straight to the primary again. If the spool cannot take a record either, `append`
 raises `LogUnavailable` and the caller fails closed: nothing is acknowledged that is not durable.
+
+`submit_batch` is the same without a task per append (see `SubmittingProducer` in
+ingress/log_sink.py), while the primary answers and both logs offer it: a primary's refusal then
+spools the records from the primary's settle callback, in the order the refusals come in, as
+concurrent `append_batch` calls do.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import logging
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Protocol, runtime_checkable
 
-from eventlog.base import Consumer, LogUnavailable, Producer, TopicPartition
+from eventlog.base import Consumer, LogError, LogUnavailable, Producer, TopicPartition
 
 log = logging.getLogger("mcpgw.eventlog.spool")
 
 DRAIN_GROUP = "mcpgw-spool-drain"
 SWITCH_WAIT_S = 1.0  # longest a new append waits for the switch back to the primary
+
+
+Records = Sequence[tuple[bytes | None, bytes]]
+Settle = Callable[[LogError | None], None]
+
+
+@runtime_checkable
+class _Submitting(Protocol):
+    def submit_batch(self, topic: str, records: Records, settle: Settle) -> bool: ...
 
 
 class SpoolingProducer:
@@ -39,6 +55,9 @@ class SpoolingProducer:
         self._idle = asyncio.Event()
         self.spooled_total = 0
         self.drained_total = 0
+        self._submit_primary = primary.submit_batch if isinstance(primary, _Submitting) else None
+        self._submit_spool = spool.submit_batch if isinstance(spool, _Submitting) else None
+        self._spooling_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
         await self.spool.start()
@@ -78,6 +97,52 @@ class SpoolingProducer:
             self._inflight -= 1
             if self._inflight == 0:
                 self._idle.set()
+
+    def submit_batch(self, topic: str, records: Records, settle: Settle) -> bool:
+        """Take the records now and call `settle` once, on the loop, with None when they are durable
+        (in the primary, or spooled after it refused them) or the error when the spool refused them
+        too; False: nothing was taken (spooling, switching back, or the primary cannot), use
+        `append_batch`."""
+        submit = self._submit_primary
+        if submit is None or self.spooling or self._switching:
+            return False
+        try:
+            return submit(topic, records, functools.partial(self._primary_settled, topic, records, settle))
+        except LogError:
+            return False  # `append_batch` meets the refusal again and spools the records
+
+    def _primary_settled(self, topic: str, records: Records, settle: Settle, error: LogError | None) -> None:
+        if not isinstance(error, LogUnavailable):  # durable, or a refusal `append_batch` would raise too
+            settle(error)
+            return
+        if not self.spooling:
+            log.warning("primary log unavailable (%s): spooling locally until it is back", error)
+            self.spooling = True
+            self._start_drainer()
+        self._inflight += 1
+        spooled = functools.partial(self._spooled, len(records), settle)
+        try:
+            if self._submit_spool is not None and self._submit_spool(topic, records, spooled):
+                return
+        except LogError as exc:
+            spooled(exc)
+            return
+        task = asyncio.ensure_future(self.spool.append_batch(topic, records))
+        self._spooling_tasks.add(task)
+        task.add_done_callback(functools.partial(self._spool_task_done, spooled))
+
+    def _spool_task_done(self, spooled: Settle, task: asyncio.Task[None]) -> None:
+        self._spooling_tasks.discard(task)
+        error = LogUnavailable("the spool was closed during an append") if task.cancelled() else task.exception()
+        spooled(error if error is None or isinstance(error, LogError) else LogUnavailable(f"spool failed: {error!r}"))
+
+    def _spooled(self, count: int, settle: Settle, error: LogError | None) -> None:
+        if error is None:
+            self.spooled_total += count
+        self._inflight -= 1
+        if self._inflight == 0:
+            self._idle.set()
+        settle(error)  # an error: the spool refused too, and the caller fails closed
 
     def _start_drainer(self) -> None:
         if self._drainer is None or self._drainer.done():

@@ -73,7 +73,7 @@ async def test_concurrent_appends_keep_per_key_order_with_one_batch_per_partitio
 
     await asyncio.gather(*(session(n) for n in range(sessions)))
     for request in requests:
-        partitions = [p for _topic, parts in request._topics for p, _records in parts]
+        partitions = [p for _topic, parts in request.topics for p, _records in parts]
         assert len(partitions) == len(set(partitions)), "one record batch per partition per request"
     assert len(requests) < sessions * per_session // 5, "concurrent appends share requests"
     consumer = KafkaConsumer(settings, unique("g"), [topic])

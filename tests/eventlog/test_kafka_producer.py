@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import io
+import struct
 import time
 from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
+from aiokafka.protocol import produce  # type: ignore[import-untyped]
 
 from eventlog.base import LogUnavailable
 from eventlog.kafka import KafkaConsumer, KafkaProducer
@@ -17,25 +20,31 @@ from tests.eventlog.kafka_fixture import TansuBroker, kafka_settings, unique
 pytestmark = pytest.mark.integration
 
 ZSTD = 4  # record batch attributes, bits 0-2
+PRODUCE_REQUESTS = {v: getattr(produce, f"ProduceRequest_v{v}") for v in range(3, 9)}
 
 
 def capture_produce_requests(producer: KafkaProducer) -> list[Any]:
-    """Every ProduceRequest the producer sends from now on, as aiokafka builds it."""
-    client = producer._producer.client
-    original = client.send
+    """Every produce request the producer writes from now on onto its open broker connections, as the
+    broker reads it: decoded from the bytes on the wire by aiokafka's own request schemas (so the
+    direct path's hand-written encoding is checked against them too)."""
     seen: list[Any] = []
+    for conn in producer._producer.client._conns.values():
+        writer = conn._writer
+        original = writer.write
 
-    async def send(node_id: int, request: Any, *args: Any, **kwargs: Any) -> Any:
-        if type(request).__name__ == "ProduceRequest":
-            seen.append(request)
-        return await original(node_id, request, *args, **kwargs)
+        def write(data: bytes, original: Any = original) -> None:
+            api_key, version = struct.unpack_from(">hh", data, 4)
+            if api_key == 0:  # produce
+                (client_id_length,) = struct.unpack_from(">h", data, 12)
+                seen.append(PRODUCE_REQUESTS[version].decode(io.BytesIO(data[14 + max(0, client_id_length):])))
+            original(data)
 
-    client.send = send
+        writer.write = write
     return seen
 
 
 def batches(request: Any) -> list[bytes]:
-    return [bytes(records) for _topic, partitions in request._topics for _p, records in partitions]
+    return [bytes(records) for _topic, partitions in request.topics for _p, records in partitions]
 
 
 @pytest.fixture
