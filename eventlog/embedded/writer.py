@@ -16,11 +16,14 @@ The loop side is plain callbacks, not a task: an append schedules the flush (two
 later, so appends made in the same pass and the next share it: see `_gather`); the flush runs
 there or goes to the thread, which hands the outcome back with `call_soon_threadsafe`; then the
 appenders are settled and the next flush scheduled. One exception: an append that finds the
-writer idle for longer than the last flush took (one caller at a time, as at concurrency 1: there
-is nobody to group with) is flushed inline at once, inside `submit`, and settled before `submit`
-returns, so its caller finds its future done and does not sleep: that saves the loop passes
-before the flush and the one resuming the caller. Appends arriving closer together than a flush
-takes are scheduled as above and share flushes.
+writer idle for longer than the last flush took, when that flush carried a single append (one
+caller at a time, as at concurrency 1: there is nobody to group with), is flushed inline at once,
+inside `submit`, and settled before `submit` returns, so its caller finds its future done and
+does not sleep: that saves the loop passes before the flush and the one resuming the caller.
+Appends arriving closer together than a flush takes are scheduled as above and share flushes, and
+so is a lone append after a shared flush: under load a quiet moment is short, and flushing alone
+the first append after it cost a flush for one append (15% of the flushes at concurrency 16;
+gathered instead: 5.4 -> 5.9 appends per flush, 4-6% less gateway CPU per call).
 
 Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
@@ -99,6 +102,7 @@ class GroupCommitWriter:
         self._busy = False  # a flush is scheduled or under way
         self._idle_since = 0.0  # perf_counter when the writer last went idle
         self._last_flush_s = 0.0  # how long the last inline write+fsync took
+        self._last_appends = 1  # how many appends the last flush carried
         self._inline = limits.inline_flush_max_s is not None  # where the next flush's write+fsync runs
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
@@ -153,7 +157,7 @@ class GroupCommitWriter:
         self._pending_bytes += nbytes
         if not self._busy:
             self._busy = True
-            if self._inline and time.perf_counter() - self._idle_since > self._last_flush_s:
+            if self._inline and self._last_appends == 1 and time.perf_counter() - self._idle_since > self._last_flush_s:
                 # Idle for longer than a flush takes: nobody to wait for (see the module doc).
                 self._next()
             else:
@@ -190,6 +194,7 @@ class GroupCommitWriter:
                 self._drained.set_result(None)
             return
         batch = self._take()
+        self._last_appends = len(batch)
         try:
             self._start(batch)
         except Exception as exc:  # a bug here must not leave appends waiting forever

@@ -202,3 +202,25 @@ async def test_an_append_to_an_idle_writer_is_durable_when_submit_returns(tmp_pa
         assert outcomes == [None, None, None]
         assert log.stats.flushes == 2
         assert await values(log, "g") == [b"v0", b"v1", b"v2", b"v3"]
+
+
+async def test_after_a_shared_flush_a_lone_append_is_gathered_not_flushed_alone(tmp_path: Path) -> None:
+    async with EmbeddedLog(tmp_path) as log:
+        await log.create_topic("t")
+        producer = log.producer()
+        loop = asyncio.get_running_loop()
+        settled = {v: loop.create_future() for v in (b"a", b"b", b"c", b"d")}
+
+        def submit(value: bytes) -> None:
+            assert producer.submit_batch("t", [(b"k", value)], settled[value].set_result)
+
+        for value in (b"a", b"b", b"c"):  # "a" finds the writer idle; "b" and "c" share the next flush
+            submit(value)
+        await asyncio.gather(settled[b"b"], settled[b"c"])
+        assert log.stats.flushes == 2
+        await asyncio.sleep(0.05)  # the writer goes idle
+        submit(b"d")
+        assert not settled[b"d"].done(), "flushed alone at once although the last flush was shared"
+        assert await settled[b"d"] is None
+        assert log.stats.flushes == 3
+        assert await values(log, "g") == [b"a", b"b", b"c", b"d"]
