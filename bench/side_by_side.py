@@ -14,7 +14,8 @@ statement run in the gateway process before it starts (e.g. `import sys; sys.set
 With any `kafka` variant one Tansu broker is started for the run (as `bench.run --event-log kafka`
 does, memory storage, on loopback), and every Kafka variant's gateway produces to it with its own
 client id, strict mode, acks=all, idempotence off (Tansu refuses it). `--pin` puts the broker with
-the upstream and the load generator on CPU 0.
+the upstream and the load generator on CPU 0. With a broker, each path's line also gives the
+broker's CPU per call (the direct path's is its idle cost).
 `--endpoint` picks what the gateways are called on: `servers` (`/servers/fast/mcp`, tool `echo`,
 the default), `mcp` (the aggregated `/mcp`, tool `fast__echo`), or both, each measured per variant
 in the same rounds.
@@ -128,11 +129,14 @@ async def main(args: argparse.Namespace) -> None:
                     for k in order:
                         pid = paths[k][1]
                         g0 = cpu_ms(pid) if pid else 0.0
+                        k0 = cpu_ms(broker_pid) if broker_pid else 0.0
                         out = await gens[k].run(c, duration_s=args.seconds)
                         g1 = cpu_ms(pid) if pid else 0.0
-                        d = res.setdefault((k, c), {"p50": [], "cpu": [], "tp": [], "err": []})
+                        k1 = cpu_ms(broker_pid) if broker_pid else 0.0
+                        d = res.setdefault((k, c), {"p50": [], "cpu": [], "tp": [], "err": [], "broker": []})
                         d["p50"].append(percentile_ms(sorted(out.latencies_ns), 0.5))
                         d["cpu"].append((g1 - g0) / max(1, out.calls))
+                        d["broker"].append((k1 - k0) / max(1, out.calls))
                         d["tp"].append(out.throughput)
                         d["err"].append(out.errors)
             b1, t1 = busy_jiffies()
@@ -148,7 +152,8 @@ async def main(args: argparse.Namespace) -> None:
                 ratios = [g / x for g, x in zip(d["p50"], dp, strict=True)]
                 print(f"  {name:10s} Δp50 {statistics.median(deltas):+.3f} ms ({statistics.median(ratios):.2f}x direct)"
                       f"  cpu {statistics.median(d['cpu']):.3f} ms/call [{min(d['cpu']):.3f}-{max(d['cpu']):.3f}]"
-                      f"  tp {statistics.median(d['tp']):.0f}/s err {sum(d['err'])}")
+                      f"  tp {statistics.median(d['tp']):.0f}/s err {sum(d['err'])}"
+                      + (f"  broker cpu {statistics.median(d['broker']):.3f} ms/call" if broker_pid else ""))
             variants = list(gws)
             for ep in args.endpoint:
                 base = label(variants[0], ep, args.endpoint)
