@@ -123,6 +123,7 @@ class DirectSender:
         self._client = producer.client
         self._client_id = settings.client_id.encode()
         self._codec = _CODECS[settings.compression]
+        self._compress_from = settings.compression_min_bytes
         self._request_timeout_ms = settings.request_timeout_ms
         self._timeout_s = settings.request_timeout_ms / 1000
         self._max_batch = settings.max_batch_bytes
@@ -340,7 +341,8 @@ class DirectSender:
         topics: dict[str, list[tuple[int, bytes | bytearray]]] = {}
         timestamp = int(time.time() * 1000)
         for tp, chunks in batches.items():
-            builder = DefaultRecordBatchBuilder(2, self._codec, 0, -1, -1, 0, _UNBOUNDED)
+            codec = self._codec if sum(chunk.size for chunk in chunks) >= self._compress_from else 0
+            builder = DefaultRecordBatchBuilder(2, codec, 0, -1, -1, 0, _UNBOUNDED)
             offset = 0
             for chunk in chunks:
                 for key, value in chunk.records:

@@ -43,6 +43,10 @@ def capture_produce_requests(producer: KafkaProducer) -> list[Any]:
     return seen
 
 
+def codec(batch: bytes) -> int:
+    return int.from_bytes(batch[21:23], "big") & 0x7  # record batch attributes, bits 0-2
+
+
 def batches(request: Any) -> list[bytes]:
     return [bytes(records) for _topic, partitions in request.topics for _p, records in partitions]
 
@@ -59,12 +63,22 @@ async def test_appends_wait_for_all_replicas_and_are_zstd_compressed(producer: K
     topic = unique("acks")
     await producer.append(topic, b"k", b"warm-up")  # creates the topic, fetches metadata
     requests = capture_produce_requests(producer)
-    await producer.append(topic, b"k", b"x" * 1000)
+    await producer.append(topic, b"k", b"x" * 5000)
     assert requests, "append returned without a produce request"
     assert {r.required_acks for r in requests} == {-1}, "acks=all is -1 on the wire"
-    for batch in batches(requests[-1]):
-        attributes = int.from_bytes(batch[21:23], "big")
-        assert attributes & 0x7 == ZSTD
+    assert [codec(batch) for batch in batches(requests[-1])] == [ZSTD]
+
+
+@pytest.mark.parametrize("min_bytes", [4096, 0])
+async def test_batches_under_compression_min_bytes_go_uncompressed(kafka_bootstrap: str, min_bytes: int) -> None:
+    producer = KafkaProducer(kafka_settings(kafka_bootstrap, compression_min_bytes=min_bytes))
+    await producer.start()
+    topic = unique("small")
+    await producer.append(topic, b"k", b"warm-up")
+    requests = capture_produce_requests(producer)
+    await producer.append_batch(topic, [(b"k", b"y" * 700), (b"k", b"z" * 700)])  # a call's two events
+    assert [codec(batch) for r in requests for batch in batches(r)] == [ZSTD if min_bytes == 0 else 0]
+    await producer.close()
 
 
 async def test_concurrent_appends_share_produce_requests(producer: KafkaProducer) -> None:
