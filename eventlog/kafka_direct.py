@@ -49,7 +49,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 
 from eventlog.base import LogUnavailable
 from eventlog.kafka_settings import KafkaSettings
-from eventlog.kafka_wire import transmit
+from eventlog.kafka_wire import key_partition, transmit
 
 _CODECS = {
     None: 0,
@@ -59,7 +59,7 @@ _CODECS = {
     "zstd": DefaultRecordBatch.CODEC_ZSTD,
 }
 _RETRY_BACKOFF_S = 0.1  # aiokafka's retry_backoff_ms default
-_KEY_CACHE_LIMIT = 50_000  # (topic, key) -> partition; murmur2 is pure Python in aiokafka
+_KEY_CACHE_LIMIT = 50_000  # (topic, key) -> partition: murmur2 is pure Python
 _UNBOUNDED = 2**31 - 1  # chunks are cut to max_batch_bytes before they reach a builder
 
 Records = Sequence[tuple[bytes | None, bytes]]
@@ -211,7 +211,7 @@ class DirectSender:
         if cached is None:
             if len(self._partition_of) >= _KEY_CACHE_LIMIT:
                 self._partition_of.clear()
-            cached = self._partition_of[(topic, key, count)] = int(self._partitioner(key, ordered, ordered))
+            cached = self._partition_of[(topic, key, count)] = key_partition(key, ordered)
         return cached
 
     # -- rounds: one request per leader from the queue's head -------------------------------------------

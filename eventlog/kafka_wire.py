@@ -13,6 +13,10 @@ struct where the connection reads the response (`parse_response_header`, `RESPON
 and its answer has the shape of aiokafka's (`topics` = [(name, [(partition, error_code)])]).
 The version is the highest both sides support up to 7, as aiokafka 0.14 picks it (v8 only adds
 fields to the answer, which the decoder skips; v9 and later use flexible encodings).
+
+`key_partition` is the Java client's (and aiokafka's default partitioner's) choice of partition
+for a key, murmur2 over its bytes, computed a word at a time: ~4 µs instead of aiokafka's ~18 µs
+for a 36-byte key (a call's correlation id: one per stateless call, past the key cache).
 """
 
 from __future__ import annotations
@@ -43,6 +47,29 @@ _STRING = struct.Struct(">h")
 _PARTITION_HEAD = struct.Struct(">ii")  # partition, record set size
 _INT32 = struct.Struct(">i")
 _PARTITION_ANSWER = struct.Struct(">ih")  # partition, error_code
+_WORDS = struct.Struct("<I")
+_M = 0x5BD1E995  # murmur2's mixing constant
+
+
+def key_partition(key: bytes, ordered: Sequence[int]) -> int:
+    """The partition of `ordered` (all of a topic's, sorted) that Kafka's default partitioner picks."""
+    length = len(key)
+    h = 0x9747B28C ^ length
+    end = length & ~3
+    for (k,) in _WORDS.iter_unpack(key[:end]):
+        k = (k * _M) & 0xFFFFFFFF
+        k = ((k ^ (k >> 24)) * _M) & 0xFFFFFFFF
+        h = ((h * _M) & 0xFFFFFFFF) ^ k
+    extra = length & 3
+    if extra == 3:
+        h ^= key[end + 2] << 16
+    if extra >= 2:
+        h ^= key[end + 1] << 8
+    if extra:
+        h = ((h ^ key[end]) * _M) & 0xFFFFFFFF
+    h = ((h ^ (h >> 13)) * _M) & 0xFFFFFFFF
+    h ^= h >> 15
+    return ordered[(h & 0x7FFFFFFF) % len(ordered)]
 
 
 class WireError(Exception):
