@@ -194,7 +194,7 @@ def markdown(rows: list[dict[str, Any]], command: str) -> str:
     load = " ".join(f"{x:.2f}" for x in os.getloadavg())
     lines += ["", f"Machine: {os.cpu_count()} CPUs, Python {platform.python_version()}, load average {load} at the "
               "end. The Kafka broker is Tansu (memory storage) on loopback; the risk consumer fetches with "
-              "fetch_max_wait_ms=20, the ingress decision reader with 50.", ""]
+              "fetch_max_wait_ms=20, the ingress decision reader with 250.", ""]
     return "\n".join(lines)
 
 
