@@ -57,6 +57,14 @@ def absolute_tree(spec: str) -> str:
     return f"{name}={os.path.abspath(tree)}:{log_and_prelude}"
 
 
+def parse_variant(spec: str) -> tuple[str, str, str, str]:
+    """NAME=TREE:EVENT_LOG[:PYTHON] as (name, tree, event log, python)."""
+    name, _, rest = spec.partition("=")
+    root, _, el_name = rest.partition(":")
+    el_name, _, prelude = el_name.partition(":")
+    return name, root, el_name, prelude
+
+
 def label(variant: str, endpoint: str, endpoints: list[str]) -> str:
     """A variant's name, with the endpoint when several are measured."""
     return variant if len(endpoints) == 1 else f"{variant}:{endpoint}"
@@ -70,12 +78,10 @@ async def main(args: argparse.Namespace) -> None:
         up = procs.start("up", [sys.executable, "-m", "bench.fast_upstream", "--port", str(up_port)], tmp / "up.log")
         await wait_port(up_port, lambda: up.poll() is None)
         gws = {}
-        kafka = any(spec.partition("=")[2].partition(":")[2].partition(":")[0] == "kafka" for spec in args.variant)
+        kafka = any(parse_variant(spec)[2] == "kafka" for spec in args.variant)
         bootstrap, broker_pid = await start_broker(procs, tmp, print) if kafka else (None, None)
         for spec in args.variant:
-            name, _, rest = spec.partition("=")
-            root, _, el_name = rest.partition(":")
-            el_name, _, prelude = el_name.partition(":")
+            name, root, el_name, prelude = parse_variant(spec)
             port = free_port()
             data = Path(tempfile.mkdtemp(prefix=f"side-by-side-{name}-", dir=args.data_parent))
             if el_name not in ("memory", "embedded", "kafka"):

@@ -116,9 +116,8 @@ def _literal_trie(words: Sequence[bytes]) -> bytes:
 # Every anchor of `patterns_in` and `may_name_secret`, lowercased, and "\u" (after which both
 # look at everything): what `may_hold_secret` looks for. Too slow for whole messages (see below);
 # it confirms candidates in a few bytes around them.
-_ANY_LOWER_ANCHOR = re.compile(_literal_trie(sorted(
-    {a.lower() for a in _ANCHOR_OWNER} | set(_WORD_ANCHORS) | {b"\\u"}
-)))
+_LOWER_ANCHORS = sorted({a.lower() for a in _ANCHOR_OWNER} | set(_WORD_ANCHORS) | {b"\\u"})
+_ANY_LOWER_ANCHOR = re.compile(_literal_trie(_LOWER_ANCHORS))
 
 
 # `may_hold_secret` runs on every message, so it avoids `_ANY_LOWER_ANCHOR`: a pattern that starts
@@ -132,7 +131,6 @@ _ANY_LOWER_ANCHOR = re.compile(_literal_trie(sorted(
 _PIVOT_LETTERS = b"jkwz_\\"
 _PIVOT = 1
 _FOLD = bytes(_PIVOT if b in _PIVOT_LETTERS else b for b in bytes(range(256)).lower())
-_LOWER_ANCHORS = sorted({a.lower() for a in _ANCHOR_OWNER} | set(_WORD_ANCHORS) | {b"\\u"})
 # An anchor that contains another adds no match: "private key-----" holds "key".
 _MIN_ANCHORS = [a for a in _LOWER_ANCHORS if not any(o != a and o in a for o in _LOWER_ANCHORS)]
 _PIVOTED = [a.translate(_FOLD) for a in _MIN_ANCHORS if a.translate(_FOLD) != a]
@@ -299,8 +297,6 @@ def _sub_at_starts(
             if at >= back:
                 candidates.add(at - back)
             at = value.find(literal, at + 1)
-    if not candidates:
-        return value, 0
     pieces: list[AnyStr] = []
     end = 0
     for start in sorted(candidates):
