@@ -14,9 +14,9 @@ Errors (one small tree):
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Protocol, runtime_checkable
 
 TOPIC_EVENTS = "mcp.events"
 TOPIC_RISK = "mcp.risk"
@@ -62,6 +62,20 @@ class Producer(Protocol):
         """Append records in order; returns when all are durable (one flush for the batch)."""
 
     async def close(self) -> None: ...
+
+
+@runtime_checkable
+class SubmittingProducer(Protocol):
+    """A producer that can take records without a task of its own (the embedded log's; Kafka's on
+    its direct path; the spool's while its primary answers).
+
+    `submit_batch` takes the records now and calls `settle` once, on the loop, with None when they
+    are durable or the error when they never will be; False means it took nothing (use
+    `append_batch`). Recording a hop then costs one wake-up of the caller, not a task's steps.
+    """
+
+    def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
+                     settle: Callable[[LogError | None], None]) -> bool: ...
 
 
 class Consumer(Protocol):

@@ -7,7 +7,7 @@ whatever arrives within `linger_ms`; without it (and with `linger_ms` 0) appends
 accumulator and its sender task: `kafka_direct` writes produce requests onto aiokafka's connection
 itself, with the same ordering, batching and retry rules, at ~0.2 ms less per append. There
 `submit_batch` takes an append without a task of its own (see `SubmittingProducer` in
-ingress/log_sink.py): its acknowledgement settles it from a callback.
+eventlog/base.py): its acknowledgement settles it from a callback.
 
 Delivery is at-least-once: a failed `append_batch` may have written a prefix of its records, and
 without idempotence a retry after a lost acknowledgement can write a record twice; consumers

@@ -7,7 +7,7 @@ appends go straight to the primary again. If the spool cannot take a record eith
 raises `LogUnavailable` and the caller fails closed: nothing is acknowledged that is not durable.
 
 `submit_batch` is the same without a task per append (see `SubmittingProducer` in
-ingress/log_sink.py), while the primary answers and both logs offer it: a primary's refusal then
+eventlog/base.py), while the primary answers and both logs offer it: a primary's refusal then
 spools the records from the primary's settle callback, in the order the refusals come in, as
 concurrent `append_batch` calls do.
 """
@@ -19,9 +19,8 @@ import contextlib
 import functools
 import logging
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
-from eventlog.base import Consumer, LogError, LogUnavailable, Producer, TopicPartition
+from eventlog.base import Consumer, LogError, LogUnavailable, Producer, SubmittingProducer, TopicPartition
 
 log = logging.getLogger("mcpgw.eventlog.spool")
 
@@ -31,11 +30,6 @@ SWITCH_WAIT_S = 1.0  # longest a new append waits for the switch back to the pri
 
 Records = Sequence[tuple[bytes | None, bytes]]
 Settle = Callable[[LogError | None], None]
-
-
-@runtime_checkable
-class _Submitting(Protocol):
-    def submit_batch(self, topic: str, records: Records, settle: Settle) -> bool: ...
 
 
 class SpoolingProducer:
@@ -55,8 +49,8 @@ class SpoolingProducer:
         self._idle = asyncio.Event()
         self.spooled_total = 0
         self.drained_total = 0
-        self._submit_primary = primary.submit_batch if isinstance(primary, _Submitting) else None
-        self._submit_spool = spool.submit_batch if isinstance(spool, _Submitting) else None
+        self._submit_primary = primary.submit_batch if isinstance(primary, SubmittingProducer) else None
+        self._submit_spool = spool.submit_batch if isinstance(spool, SubmittingProducer) else None
         self._spooling_tasks: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:

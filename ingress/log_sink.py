@@ -14,9 +14,8 @@ import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
-from typing import Protocol, runtime_checkable
 
-from eventlog.base import TOPIC_EVENTS, LogError, Producer
+from eventlog.base import TOPIC_EVENTS, LogError, Producer, SubmittingProducer
 from ingress.chain import Chain
 from ingress.sink import SinkUnavailable
 from schemas.events import Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
@@ -27,19 +26,6 @@ log = logging.getLogger("mcpgw.audit")
 def _retrieved(task: asyncio.Future[None]) -> None:
     if not task.cancelled():
         task.exception()  # seen by the awaiting caller, or (caller gone) already in the refused ranges
-
-
-@runtime_checkable
-class SubmittingProducer(Protocol):
-    """A producer that can take records without a task of its own (the embedded log's).
-
-    `submit_batch` takes the records now and calls `settle` once, on the loop, with None when they
-    are durable or the error when they never will be; False means it took nothing (use
-    `append_batch`). Recording a hop then costs one wake-up of the caller, not a task's steps.
-    """
-
-    def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
-                     settle: Callable[[LogError | None], None]) -> bool: ...
 
 
 def event_key(event: GatewayEvent) -> bytes:
