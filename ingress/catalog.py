@@ -218,9 +218,6 @@ class Catalog:
 
     async def route(self, what: str, name: str) -> Route | NotRouted:
         """Find the server owning a tool or prompt (exposed name) or a resource URI."""
-        hit = self.cached_route(what, name)
-        if hit is not None:
-            return hit
         servers = self.server_names
         if what == "resource":
             resources = await self.merged("resources/list")

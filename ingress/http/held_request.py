@@ -22,7 +22,7 @@ from ingress.mrtr import EXPIRED, STATE_PREFIX, HeldCall, input_required, next_o
 from ingress.upstreams.base import CallContext
 from schemas.events import Outcome
 
-_LIST_OF = {"tools/call": "tools/list", "prompts/get": "prompts/list"}  # the catalog list that routes a call
+_KIND_OF = {"tools/call": "tool", "prompts/get": "prompt"}  # what the call names, for the catalog's routing
 
 
 def may_hold(gateway: Gateway, msg: Message, target: str) -> bool:
@@ -37,12 +37,11 @@ def may_hold(gateway: Gateway, msg: Message, target: str) -> bool:
         return True
     server = target
     if not server:
-        owners = gateway.catalog.cached_owners(_LIST_OF.get(msg.method, ""))
         name = msg.params.get("name")
-        owner = owners.get(name) if owners is not None and isinstance(name, str) else None
+        owner = gateway.catalog.cached_route(_KIND_OF.get(msg.method, ""), name) if isinstance(name, str) else None
         if owner is None:
             return True  # not routed from the cache (resources, unknown names): run held to be safe
-        server = owner[0]
+        server = owner.server
     upstream = gateway.upstreams.get(server)
     info = upstream.info if upstream is not None else None
     return info is None or info.era != "modern"
