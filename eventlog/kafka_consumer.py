@@ -1,5 +1,6 @@
 """The Kafka backend's readers (aiokafka): `KafkaConsumer` (a consumer group member) and
-`KafkaTopicReader` (every partition, outside any group). Offsets are committed only explicitly.
+`KafkaTopicReader` (every partition, outside any group), and `end_offsets` (where topics end now).
+Offsets are committed only explicitly.
 """
 
 from __future__ import annotations
@@ -18,13 +19,15 @@ from eventlog.base import LogUnavailable, Record, TopicPartition
 from eventlog.kafka_admin import ensure_topics, unavailable
 from eventlog.kafka_settings import KafkaSettings
 
-__all__ = ["KafkaConsumer", "KafkaTopicReader", "RevokeCallback"]
+__all__ = ["KafkaConsumer", "KafkaTopicReader", "RevokeCallback", "end_offsets"]
 
 log = logging.getLogger("mcpgw.eventlog.kafka")
 
 RevokeCallback = Callable[[set[TopicPartition]], Awaitable[None]]
 
 _CLIENT_ERRORS = (KafkaError, OSError)
+# How long `end_offsets` waits for the record before each end it was told (see there).
+END_CHECK_S = 2.0
 
 
 class KafkaConsumer:
@@ -293,3 +296,49 @@ async def _poll(consumer: AIOKafkaConsumer, max_records: int, timeout_s: float, 
         for records in batches.values()
         for r in records
     ]
+
+
+async def end_offsets(settings: KafkaSettings, topics: Sequence[str]) -> dict[TopicPartition, int]:
+    """Per partition of `topics`, the offset after its last record now (an absent topic has none).
+
+    What a consumer has read everything once its position reaches. Read, not only asked: Tansu
+    (0.6) answers ListOffsets(latest) with the first offset of the partition's last batch + 1 (seen:
+    17 for a partition holding 20 records), so each answer is checked by fetching from the offset
+    before it. A broker that answers right returns that one record and the end stands; Tansu
+    returns the rest of the batch, whose last record + 1 is the end. A fetch that brings nothing
+    within END_CHECK_S (the last offsets compacted away, or transaction markers) keeps the answer.
+    """
+    consumer = AIOKafkaConsumer(
+        **settings.client_kwargs(),
+        group_id=None,
+        enable_auto_commit=False,
+        isolation_level="read_committed",  # as the group consumers read: the end they can reach
+        fetch_max_wait_ms=100,
+        max_partition_fetch_bytes=settings.consumer.max_partition_fetch_bytes,
+    )
+    try:
+        await consumer.start()
+        await consumer.topics()  # loads the cluster's metadata, so the partition counts are known
+        partitions = [KafkaTopicPartition(topic, n) for topic in dict.fromkeys(topics)
+                      for n in sorted(consumer.partitions_for_topic(topic) or ())]
+        if not partitions:
+            return {}
+        ends = {tp: int(offset) for tp, offset in (await consumer.end_offsets(partitions)).items()}
+        pending = {tp for tp, end in ends.items() if end > 0}
+        if pending:
+            consumer.assign(sorted(pending))
+            for tp in pending:
+                consumer.seek(tp, ends[tp] - 1)
+            loop = asyncio.get_running_loop()
+            deadline = loop.time() + END_CHECK_S
+            while pending and loop.time() < deadline:
+                batches = await consumer.getmany(*pending, timeout_ms=200)
+                for tp, records in batches.items():
+                    if records:
+                        ends[tp] = max(ends[tp], records[-1].offset + 1)
+                        pending.discard(tp)
+    except _CLIENT_ERRORS as exc:
+        raise unavailable(f"reading the end offsets of {list(topics)} failed", exc) from exc
+    finally:
+        await consumer.stop()
+    return {TopicPartition(tp.topic, tp.partition): end for tp, end in ends.items()}

@@ -15,10 +15,11 @@ from contextlib import AsyncExitStack
 from consumers.audit import AuditConsumer
 from consumers.pipeline.runner import Rebalance
 from consumers.store.base import AuditStore
-from eventlog.base import TOPIC_EVENTS, Consumer, Producer, TopicPartition
+from eventlog.base import TOPIC_EVENTS, Consumer, Producer
 from eventlog.embedded.log import EmbeddedLog
 from eventlog.kafka import KafkaConsumer, KafkaProducer
 from mcpgw.config import GatewayConfig
+from mcpgw.log_ends import committed_through
 from mcpgw.stores import store_for
 
 log = logging.getLogger("mcpgw.consumers")
@@ -87,17 +88,9 @@ def _report(task: asyncio.Task[None]) -> None:
 
 
 async def caught_up(running: RunningConsumer, local_log: EmbeddedLog | None, timeout_s: float) -> bool:
-    """Wait until the consumer has committed everything the log held when called (replay, tests)."""
+    """Wait until the consumer has committed everything the embedded log held when called (shutdown,
+    tests); on Kafka, `log_ends.committed_through` with the ends read beforehand."""
     if local_log is None:
         return False
     ends = await local_log.end_offsets(TOPIC_EVENTS)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        if running.task.done():
-            return False
-        committed = running.audit.metrics.committed
-        if all(committed.get(TopicPartition(tp.topic, tp.partition), 0) >= end for tp, end in ends.items()):
-            return True
-        await asyncio.sleep(0.1)
-    return False
+    return await committed_through(running.audit.metrics, ends, timeout_s, running.task)

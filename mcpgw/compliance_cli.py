@@ -27,17 +27,20 @@ from consumers.compliance.render import render, render_report, render_report_jso
 from consumers.compliance.tools import audit_export, audit_query, audit_verify
 from consumers.store.base import StoreError
 from consumers.store.chdb_store import ChdbStore, lock_holder
-from eventlog.base import LogUnavailable
+from eventlog.base import TOPIC_EVENTS, LogUnavailable
 from eventlog.embedded.log import EmbeddedLog
 from mcpgw import operator_cli
-from mcpgw.audit_runtime import caught_up, start_audit_consumer
+from mcpgw.audit_runtime import start_audit_consumer
 from mcpgw.config import EmbeddedLogConfig, GatewayConfig
-from mcpgw.risk_runtime import replay_projections, start_risk
+from mcpgw.log_ends import committed_through, end_offsets, of_topic
+from mcpgw.risk_runtime import PROJECTION_SPECS, replay_projections, start_risk
 from mcpgw.runner import install_fast_loop
 from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
 
 log = logging.getLogger("mcpgw")
+
+REPLAY_TIMEOUT_S = 3600.0
 
 
 def main(args: argparse.Namespace, config: GatewayConfig) -> int:
@@ -114,21 +117,25 @@ async def _consume(config: GatewayConfig, role: str = "audit") -> int:
 
 async def _replay(config: GatewayConfig) -> int:
     """Run the audit consumer, then the risk and decision projections, from the beginning under
-    groups of their own until each has caught up."""
+    groups of their own until each has committed through where its topics ended when the replay
+    started (on the embedded log or on Kafka alike)."""
     async with AsyncExitStack() as stack:
+        kafka = config.event_log.kafka if config.event_log is not None else None
         local = await _local_log(config, stack)
         run_id = uuid.uuid4().hex[:12]
+        ends = await end_offsets(kafka, local, [TOPIC_EVENTS, *(spec.topic for spec in PROJECTION_SPECS)])
         # A group of its own, new each time, reads the whole log; what is already stored is not
         # written again (dedup tokens and the replay guard), so a second replay changes nothing.
         running = await start_audit_consumer(config, local, stack, group=f"audit-replay-{run_id}")
-        done = await caught_up(running, local, timeout_s=3600)
-        projected = await replay_projections(local, running.store, run_id, timeout_s=3600)
+        done = await committed_through(running.audit.metrics, of_topic(ends, TOPIC_EVENTS), REPLAY_TIMEOUT_S,
+                                       running.task)
+        projected = await replay_projections(kafka, local, running.store, run_id, ends, timeout_s=REPLAY_TIMEOUT_S)
         metrics = running.audit.metrics
+        complete = done and all(p.complete for p in projected)
         print(json.dumps({"consumed": metrics.consumed, "inserted": metrics.inserted,
-                          "already_stored": metrics.already_written,
-                          "complete": done and all(p.complete for p in projected),
+                          "already_stored": metrics.already_written, "complete": complete,
                           "projections": {p.table: p.summary() for p in projected}}))
-        return 0 if done and all(p.complete for p in projected) else 1
+        return 0 if complete else 1
 
 
 async def _local_log(config: GatewayConfig, stack: AsyncExitStack) -> EmbeddedLog | None:

@@ -27,11 +27,12 @@ from consumers.projections import DECISIONS_PROJECTION, RISK_PROJECTION, Project
 from consumers.risk.engine import RiskEngine
 from consumers.risk_consumer import RISK_TOPICS, RevokeRelay, RiskConsumer
 from consumers.store.base import AuditStore, StoreError
-from eventlog.base import TOPIC_EVENTS, Consumer, Producer, TopicPartition
+from eventlog.base import TOPIC_EVENTS, Consumer, Producer
 from eventlog.embedded.log import EmbeddedLog
 from eventlog.kafka import KafkaConsumer, KafkaProducer
 from eventlog.kafka_settings import KafkaSettings
 from mcpgw.config import GatewayConfig
+from mcpgw.log_ends import Ends, committed_through, of_topic
 from mcpgw.stores import store_for
 
 log = logging.getLogger("mcpgw.consumers")
@@ -183,27 +184,26 @@ class ReplayedProjection:
                 "already_stored": m.already_written, "complete": self.complete}
 
 
-async def replay_projections(local_log: EmbeddedLog | None, store: AuditStore, run_id: str,
-                             timeout_s: float) -> list[ReplayedProjection]:
+async def replay_projections(kafka: KafkaSettings | None, local_log: EmbeddedLog | None, store: AuditStore,
+                             run_id: str, ends: Ends, timeout_s: float) -> list[ReplayedProjection]:
     """Project `mcp.risk` and `mcp.decisions` into an open `store` again, from their beginning.
 
-    Each topic is read under a new group (`<projection>-replay-<run_id>`) until it has committed what
-    the topic held when called. Only the embedded log can say where a topic ends; on Kafka nothing
-    is read and every projection is reported incomplete.
+    Each topic is read under a new group (`<projection>-replay-<run_id>`), on Kafka or else on
+    `local_log`, until it has committed through `ends` (where the topics ended when the replay
+    started, `log_ends.end_offsets`), or its task failed, or `timeout_s` passed.
     """
-    if local_log is None:
-        return [ReplayedProjection(spec.table, ConsumerMetrics(), False) for spec in PROJECTION_SPECS]
     async with AsyncExitStack() as stack:
-        dlq = await _producer(None, local_log, stack)
+        dlq = await _producer(kafka, local_log, stack)
         stop = asyncio.Event()
         projections: list[Projection[Any]] = []
         for spec in PROJECTION_SPECS:
-            consumer = local_log.consumer(f"{spec.name}-replay-{run_id}", [spec.topic])
+            rebalance = Rebalance()
+            consumer = _consumer(kafka, local_log, f"{spec.name}-replay-{run_id}", [spec.topic], rebalance)
             stack.push_async_callback(consumer.close)
-            projections.append(Projection(spec, consumer, store, dlq))
+            projections.append(Projection(spec, consumer, store, dlq, rebalance=rebalance))
         tasks = [asyncio.create_task(p.run(stop), name=f"replay-{p.spec.name}") for p in projections]
         try:
-            done = await asyncio.gather(*(_caught_up(p, task, local_log, timeout_s)
+            done = await asyncio.gather(*(committed_through(p.metrics, of_topic(ends, p.spec.topic), timeout_s, task)
                                           for p, task in zip(projections, tasks, strict=True)))
         finally:
             stop.set()
@@ -213,29 +213,3 @@ async def replay_projections(local_log: EmbeddedLog | None, store: AuditStore, r
                 log.error("replaying %s stopped: %s", p.spec.table, failure)
         return [ReplayedProjection(p.spec.table, p.metrics, ok and not isinstance(failure, BaseException))
                 for p, ok, failure in zip(projections, done, failures, strict=True)]
-
-
-async def _caught_up(projection: Projection[Any], task: asyncio.Task[None], local_log: EmbeddedLog,
-                     timeout_s: float) -> bool:
-    """`committed_through`, but giving up as soon as the projection's task ended (it failed)."""
-    waiting = asyncio.create_task(committed_through(projection.metrics, local_log, projection.spec.topic, timeout_s))
-    await asyncio.wait({waiting, task}, return_when=asyncio.FIRST_COMPLETED)
-    if not waiting.done():
-        waiting.cancel()
-        with contextlib.suppress(asyncio.CancelledError):
-            await waiting
-        return False
-    return waiting.result()
-
-
-async def committed_through(metrics: ConsumerMetrics, local_log: EmbeddedLog, topic: str, timeout_s: float) -> bool:
-    """Wait until `metrics` show a commit of everything `topic` held when called (tests, benchmarks)."""
-    ends = await local_log.end_offsets(topic)
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while loop.time() < deadline:
-        committed = metrics.committed
-        if all(committed.get(TopicPartition(tp.topic, tp.partition), 0) >= end for tp, end in ends.items() if end):
-            return True
-        await asyncio.sleep(0.02)
-    return False
