@@ -50,6 +50,9 @@ def _parser() -> argparse.ArgumentParser:
                          help="audit: mcp.events into the audit store; risk: scores and blocks to mcp.risk and "
                               "mcp.decisions, and both into the audit store")
     consume.add_argument("-c", "--config", required=True, type=Path, help="gateway.yaml")
+    consume.add_argument("--metrics-host", help="override consumers.metrics.host (where /metrics and /healthz listen)")
+    consume.add_argument("--metrics-port", type=int,
+                         help="override consumers.metrics.audit_port or risk_port (0: any free port)")
 
     audit = sub.add_parser("audit", help="compliance tools over the audit store")
     audit_sub = audit.add_subparsers(dest="audit_command", metavar="SUBCOMMAND")

@@ -25,15 +25,18 @@ from pathlib import Path
 
 from consumers.compliance.render import render, render_report, render_report_json
 from consumers.compliance.tools import audit_export, audit_query, audit_verify
+from consumers.risk_consumer import RISK_TOPICS
 from consumers.store.base import StoreError
 from consumers.store.chdb_store import ChdbStore, lock_holder
 from eventlog.base import TOPIC_EVENTS, LogUnavailable
 from eventlog.embedded.log import EmbeddedLog
 from mcpgw import operator_cli
-from mcpgw.audit_runtime import start_audit_consumer
+from mcpgw.audit_runtime import RunningConsumer, start_audit_consumer
 from mcpgw.config import EmbeddedLogConfig, GatewayConfig
+from mcpgw.consumer_http import listener_port, start_consumer_http
+from mcpgw.consumer_metrics import in_process
 from mcpgw.log_ends import committed_through, end_offsets, of_topic
-from mcpgw.risk_runtime import PROJECTION_SPECS, replay_projections, start_risk
+from mcpgw.risk_runtime import PROJECTION_SPECS, RunningRisk, replay_projections, start_risk
 from mcpgw.runner import install_fast_loop
 from mcpgw.sinks import embedded_log
 from mcpgw.stores import store_for
@@ -57,7 +60,7 @@ def main(args: argparse.Namespace, config: GatewayConfig) -> int:
 
 async def _main(args: argparse.Namespace, config: GatewayConfig) -> int:
     if args.command == "consume":
-        return await _consume(config, args.role)
+        return await _consume(config, args.role, args.metrics_host, args.metrics_port)
     if args.command == "replay":
         return await _replay(config)
     store = store_for(config)
@@ -98,17 +101,34 @@ def _query_through_gateway(args: argparse.Namespace, config: GatewayConfig) -> i
     return 0
 
 
-async def _consume(config: GatewayConfig, role: str = "audit") -> int:
+async def _consume(config: GatewayConfig, role: str = "audit", metrics_host: str | None = None,
+                   metrics_port: int | None = None) -> int:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
     async with AsyncExitStack() as stack:
         local = await _local_log(config, stack)
+        audit: RunningConsumer | None = None
+        risk: RunningRisk | None = None
         if role == "risk":
-            tasks = (await start_risk(config, local, stack)).tasks
+            risk = await start_risk(config, local, stack)
+            tasks = risk.tasks
+            topics = [*RISK_TOPICS, *(spec.topic for spec in PROJECTION_SPECS)]
         else:
-            tasks = [(await start_audit_consumer(config, local, stack)).task]
+            audit = await start_audit_consumer(config, local, stack)
+            tasks = [audit.task]
+            topics = [TOPIC_EVENTS]
+        host = metrics_host or config.consumers.metrics.host
+        port = metrics_port if metrics_port is not None else listener_port(config, role)
+        if port is not None:
+            try:
+                await start_consumer_http(config, role, host, port, local, topics, lambda: in_process(audit, risk),
+                                          lambda: tasks, stack)
+            except OSError as exc:
+                print(f"mcpgw consume {role}: cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
+                      f"free the port, or set consumers.metrics.{role}_port (null: no listener)", file=sys.stderr)
+                return 1
         waiter = asyncio.ensure_future(stop.wait())
         await asyncio.wait({waiter, *tasks}, return_when=asyncio.FIRST_COMPLETED)
         waiter.cancel()

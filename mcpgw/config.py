@@ -83,12 +83,27 @@ class AuditStoreConfig(Strict):
         return self
 
 
+class ConsumerMetricsConfig(Strict):
+    """The metrics and health listener of `mcpgw consume audit|risk` (under `mcpgw up` the
+    consumers' metrics are on the gateway's own /metrics). A port of null: no listener."""
+
+    host: str = "127.0.0.1"
+    audit_port: int | None = Field(9464, ge=0, le=65535)
+    risk_port: int | None = Field(9465, ge=0, le=65535)
+
+
+class ConsumersConfig(Strict):
+    metrics: ConsumerMetricsConfig = ConsumerMetricsConfig()
+
+
 class GatewayConfig(IngressConfig):
     data_dir: str = "./data"
     event_log: EventLogConfig | None = None
     audit_store: AuditStoreConfig | None = None
     # The risk consumer's signals, weights and block rule (`mcpgw up`, `mcpgw consume risk`).
     risk: RiskSettings = RiskSettings()
+    # The standalone consumers' own settings (`mcpgw consume audit|risk`).
+    consumers: ConsumersConfig = ConsumersConfig()
 
 
 @dataclass(frozen=True)

@@ -25,6 +25,7 @@ from typing import Any
 import aiohttp
 import pytest
 from aiokafka import AIOKafkaConsumer, TopicPartition  # type: ignore[import-untyped]
+from prometheus_client.parser import text_string_to_metric_families
 
 from eventlog.base import TOPIC_DECISIONS, TOPIC_EVENTS
 from eventlog.embedded import EmbeddedLog
@@ -294,7 +295,9 @@ async def test_on_kafka_ingress_and_consume_risk_close_the_loop(tmp_path: Path, 
     async with WitnessUpstream() as upstream, aiohttp.ClientSession() as http:
         ingress = RoleProcess(loop_config(tmp_path / "ingress", upstream.url, broker.bootstrap), tmp_path, "ingress",
                               ["ingress"])
-        consumer_config = loop_config(tmp_path / "risk", upstream.url, broker.bootstrap)
+        metrics_port = free_port()
+        consumer_config = {**loop_config(tmp_path / "risk", upstream.url, broker.bootstrap),
+                           "consumers": {"metrics": {"risk_port": metrics_port}}}
         risk = RoleProcess(consumer_config, tmp_path, "risk", ["consume", "risk"])
         ingress.start()
         try:
@@ -304,6 +307,13 @@ async def test_on_kafka_ingress_and_consume_risk_close_the_loop(tmp_path: Path, 
             assert "risk_engine" in message, message
             assert "result" in await call(http, ingress, "bob", {"n": 0}, "bob")
             await projected_on_kafka(broker.bootstrap)
+            # The standalone consumer's own /metrics (docs/consumers.md): the risk group and its projections.
+            async with http.get(f"http://127.0.0.1:{metrics_port}/metrics") as response:
+                assert response.status == 200
+                consumed = {s.labels["consumer"]: s.value for family in text_string_to_metric_families(
+                    await response.text()) for s in family.samples if s.name == "mcpgw_consumer_consumed_total"}
+            assert consumed["risk"] > 0 and consumed["decisions-projection"] > 0, consumed
+            assert set(consumed) == {"risk", "risk-projection", "decisions-projection"}
             assert risk.terminate() == 0, risk.output()
             # The consumer's own store, read once it stopped (it held the lock while running).
             check_projection(*await projected(risk.config_path, timeout_s=0))

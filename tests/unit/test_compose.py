@@ -80,3 +80,17 @@ def test_grafana_provisioning_files_are_valid_yaml() -> None:
     for file in files:
         data = yaml.safe_load(file.read_text())
         assert isinstance(data, dict) and data.get("apiVersion") == 1, file
+
+
+@pytest.mark.parametrize(("service", "role"), [("audit-consumer", "audit"), ("risk-consumer", "risk")])
+def test_consumers_expose_and_healthcheck_their_metrics_port(service: str, role: str,
+                                                             monkeypatch: pytest.MonkeyPatch) -> None:
+    for name in re.findall(r"^([A-Z0-9_]+)=", (ROOT / ".env.example").read_text(), flags=re.M):
+        monkeypatch.setenv(name, "0" * 64 if name.endswith("SHA256") else f"value-of-{name.lower()}-long-enough")
+    metrics = load_config(ROOT / "infra/gateway/gateway.yaml").consumers.metrics
+    port = metrics.audit_port if role == "audit" else metrics.risk_port
+    spec = _services()[service]
+    assert port is not None and spec["expose"] == [str(port)]
+    assert metrics.host == "0.0.0.0"  # reachable from Prometheus on the compose network
+    healthcheck = spec["healthcheck"]
+    assert isinstance(healthcheck, dict) and f"http://127.0.0.1:{port}/healthz" in " ".join(healthcheck["test"])

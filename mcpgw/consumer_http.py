@@ -1,0 +1,150 @@
+"""The metrics and health listener of a consumer run on its own (`mcpgw consume audit|risk`).
+
+Under `mcpgw up` the consumers' families are on the gateway's /metrics. A consumer in its own
+process (the distributed deployment, compose.yaml) serves the same families, under the same names,
+on `consumers.metrics` (host, and `audit_port` or `risk_port`; a port of null: no listener):
+
+    GET /metrics   `mcpgw_consumer_*{consumer}` (ConsumerMetricsCollector), `process_*`, `python_*`,
+                   and `mcpgw_log_end_offset{topic, partition}`: where each topic the consumer reads
+                   ends, read at scrape time (at most every END_OFFSETS_TTL_S), so a consumer's lag is
+                   `mcpgw_log_end_offset - on(topic, partition) group_right mcpgw_consumer_committed_offset`.
+                   Off loopback with `admin.token_sha256` set, only with `Authorization: Bearer <admin
+                   token>` (the ingress's rule for its /metrics; docs/admin-api.md).
+    GET /healthz   200 while the consumers run, 503 once one has stopped; with each group's `paused`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hashlib
+import hmac
+import logging
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from contextlib import AsyncExitStack
+
+import orjson
+from aiohttp import web
+from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
+from prometheus_client.aiohttp import make_aiohttp_handler
+from prometheus_client.core import GaugeMetricFamily, Metric
+from prometheus_client.registry import Collector
+
+from consumers.pipeline import ConsumerMetrics
+from eventlog.base import LogUnavailable, TopicPartition
+from eventlog.embedded.log import EmbeddedLog
+from ingress.config import ListenConfig
+from mcpgw.config import GatewayConfig
+from mcpgw.consumer_metrics import ConsumerMetricsCollector
+from mcpgw.log_ends import end_offsets
+
+log = logging.getLogger("mcpgw.consumers")
+
+END_OFFSETS_TTL_S = 1.0  # scrapes closer together than this (several scrapers) share one read of the ends
+END_OFFSETS_TIMEOUT_S = 3.0  # a scrape does not wait longer on the log; the family is left out instead
+
+
+class LogEnds(Collector):
+    """`mcpgw_log_end_offset{topic, partition}` from the last read of the topics' ends."""
+
+    def __init__(self) -> None:
+        self.ends: dict[TopicPartition, int] = {}
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily("mcpgw_log_end_offset", "Offset the next record of the partition will get, "
+                                   "as read at scrape time (lag: this minus mcpgw_consumer_committed_offset).",
+                                   labels=["topic", "partition"])
+        for tp, end in sorted(self.ends.items(), key=lambda item: (item[0].topic, item[0].partition)):
+            family.add_metric([tp.topic, str(tp.partition)], end)
+        yield family
+
+
+class ConsumerHttp:
+    """The listener's handlers; `start_consumer_http` wires and starts it."""
+
+    def __init__(self, config: GatewayConfig, role: str, local_log: EmbeddedLog | None, topics: Sequence[str],
+                 consumers: Callable[[], Mapping[str, ConsumerMetrics]],
+                 tasks: Callable[[], Sequence[asyncio.Future[None]]], *, loopback: bool) -> None:
+        self._kafka = config.event_log.kafka if config.event_log is not None else None
+        self._local_log = local_log
+        self._topics = list(topics)
+        self._role = role
+        self._consumers = consumers
+        self._tasks = tasks
+        admin = config.admin
+        # The ingress's rule: a token is asked for only off loopback, and only when one is configured.
+        self._token_sha256 = bytes.fromhex(admin.token_sha256) if admin is not None and not loopback else None
+        self._started = time.time()
+        self._ends = LogEnds()
+        self._ends_read_at = -END_OFFSETS_TTL_S
+        self._ends_lock = asyncio.Lock()
+        self.registry = CollectorRegistry()
+        self.registry.register(ConsumerMetricsCollector(consumers))
+        self.registry.register(self._ends)
+        ProcessCollector(registry=self.registry)
+        PlatformCollector(registry=self.registry)
+        GCCollector(registry=self.registry)
+        self._export = make_aiohttp_handler(self.registry)
+
+    def app(self) -> web.Application:
+        app = web.Application()
+        app.router.add_get("/metrics", self.metrics)
+        app.router.add_get("/healthz", self.healthz)
+        return app
+
+    async def metrics(self, request: web.Request) -> web.StreamResponse:
+        if self._token_sha256 is not None:
+            token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+            digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+            if not token or not hmac.compare_digest(digest, self._token_sha256):
+                return _json({"error": "send Authorization: Bearer <admin token> (the token whose SHA-256 is "
+                                       "admin.token_sha256)"}, 401)
+        await self._refresh_ends()
+        return await self._export(request)
+
+    async def healthz(self, _request: web.Request) -> web.Response:
+        stopped = [t for t in self._tasks() if t.done()]
+        consumers = {name: {"paused": m.paused, "last_commit": m.last_commit} for name, m in self._consumers().items()}
+        return _json({"status": "stopped" if stopped else "ok", "role": self._role,
+                      "uptime_s": round(time.time() - self._started, 3), "consumers": consumers},
+                     503 if stopped else 200)
+
+    async def _refresh_ends(self) -> None:
+        async with self._ends_lock:
+            now = time.monotonic()
+            if now - self._ends_read_at < END_OFFSETS_TTL_S:
+                return
+            try:
+                read = end_offsets(self._kafka, self._local_log, self._topics)
+                self._ends.ends = await asyncio.wait_for(read, END_OFFSETS_TIMEOUT_S)
+            except (LogUnavailable, TimeoutError) as exc:
+                log.debug("consumer metrics: the topics' end offsets are unavailable: %s", exc)
+                self._ends.ends = {}  # say nothing rather than something stale
+            self._ends_read_at = now
+
+
+def _json(data: object, status: int = 200) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+
+
+def listener_port(config: GatewayConfig, role: str) -> int | None:
+    metrics = config.consumers.metrics
+    return metrics.risk_port if role == "risk" else metrics.audit_port
+
+
+async def start_consumer_http(config: GatewayConfig, role: str, host: str, port: int, local_log: EmbeddedLog | None,
+                              topics: Sequence[str], consumers: Callable[[], Mapping[str, ConsumerMetrics]],
+                              tasks: Callable[[], Sequence[asyncio.Future[None]]],
+                              stack: AsyncExitStack) -> list[str]:
+    """Serve /metrics and /healthz on host:port until the stack closes; the addresses it listens on."""
+    http = ConsumerHttp(config, role, local_log, topics, consumers, tasks,
+                        loopback=ListenConfig(host=host).is_loopback)
+    runner = web.AppRunner(http.app(), access_log=None)
+    await runner.setup()
+    stack.push_async_callback(runner.cleanup)
+    site = web.TCPSite(runner, host, port, reuse_address=True)
+    await site.start()
+    sockets = getattr(site._server, "sockets", None) or []
+    addresses = [f"http://{s.getsockname()[0]}:{s.getsockname()[1]}" for s in sockets]
+    log.info("%s consumer: /metrics and /healthz on %s", role, ", ".join(addresses))
+    return addresses
