@@ -72,6 +72,17 @@ class Chain:
         self._since_checkpoint += 1
         return encoded
 
+    def mark(self) -> tuple[int, str, int, float]:
+        """The chain's state now, to `rewind` to if what was stamped since is never written."""
+        return self.seq, self.head, self._since_checkpoint, self._last_checkpoint
+
+    def rewind(self, mark: tuple[int, str, int, float]) -> None:
+        """Back to `mark`, as if nothing was stamped (nor checkpointed) since: the numbers are free again.
+
+        Only for events that failed to be made, before anything stamped after them was handed on.
+        """
+        self.seq, self.head, self._since_checkpoint, self._last_checkpoint = mark
+
     def checkpoint_due(self) -> bool:
         return self._since_checkpoint > 0 and (
             self._since_checkpoint >= self.policy.every_events

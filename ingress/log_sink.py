@@ -57,6 +57,7 @@ class LogEventSink:
         if self.closed:
             raise SinkUnavailable("the event log is closed")
         chain, seal = self.chain, self._seal
+        mark = chain.mark()
         batch: Sequence[GatewayEvent] = events
         reported = len(self._refused)
         if reported or chain.checkpoint_due():
@@ -66,14 +67,21 @@ class LogEventSink:
                 batch.append(chain.checkpoint(self.instance))
         first = chain.seq + 1
         records: list[tuple[bytes | None, bytes]]
-        if seal is not None:
-            stamp = chain.stamp_encoded
-            records = [(event_key(event), stamp(event, seal)) for event in batch]
-        else:
-            records = []
-            for event in batch:
-                chain.stamp(event)
-                records.append((event_key(event), self._encode(event)))
+        try:
+            if seal is not None:
+                stamp = chain.stamp_encoded
+                records = [(event_key(event), stamp(event, seal)) for event in batch]
+            else:
+                records = []
+                for event in batch:
+                    chain.stamp(event)
+                    records.append((event_key(event), self._encode(event)))
+        except Exception:
+            # A value the schema refuses (e.g. a lone surrogate, which is what aiohttp makes of a
+            # header byte that is not UTF-8): nothing was handed on, so the numbers are given back;
+            # kept, they would be a hole in the chain that no gap event explains.
+            chain.rewind(mark)
+            raise
         # The numbers are taken: the append must run to its end even if the caller gives up (an agent
         # hanging up), or a refusal would leave a hole no gap event explains.
         last = chain.seq

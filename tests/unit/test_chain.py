@@ -29,3 +29,22 @@ def test_stamp_encoded_matches_stamp_then_encode() -> None:
     assert sealed_events[0].prev_hash == GENESIS
     assert all(b.prev_hash == a.hash for a, b in pairwise(sealed_events))
     assert sealed.checkpoint_due() == hashed.checkpoint_due()
+
+
+def test_rewind_gives_back_the_numbers_and_the_checkpoint_taken_since_mark() -> None:
+    codec = EventCodec()
+    now = [0.0]
+    chain = Chain(event_hash, CheckpointPolicy(every_events=2, key=b"k"), stream_id="s", clock=lambda: now[0])
+    events = fresh()
+    chain.stamp_encoded(events[0], codec.seal)
+    chain.stamp_encoded(events[1], codec.seal)
+    before = (chain.seq, chain.head, chain.checkpoint_due())
+    mark = chain.mark()
+    now[0] = 5.0
+    chain.stamp_encoded(chain.checkpoint("gw"), codec.seal)
+    chain.stamp_encoded(events[2], codec.seal)
+    chain.rewind(mark)
+    assert (chain.seq, chain.head, chain.checkpoint_due()) == before
+    again = fresh()[2]
+    chain.stamp_encoded(again, codec.seal)
+    assert again.seq == 3 and again.prev_hash == events[1].hash
