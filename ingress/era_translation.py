@@ -32,7 +32,12 @@ def for_legacy_upstream(body: JsonObject) -> JsonObject:
     if not isinstance(params, dict):
         return body
     meta = params.get("_meta")
-    if not isinstance(meta, dict) or not any(k.startswith(_MODERN_META_PREFIX) for k in meta):
+    if not isinstance(meta, dict):
+        return body
+    for key in meta:  # a loop, not any(<generator>): most bodies hold one key or none
+        if key.startswith(_MODERN_META_PREFIX):
+            break
+    else:
         return body
     kept = {k: v for k, v in meta.items() if not k.startswith(_MODERN_META_PREFIX)}
     new_params = {k: v for k, v in params.items() if k != "_meta"}

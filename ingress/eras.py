@@ -110,11 +110,10 @@ def detect(message: Message, headers: Mapping[str, str], has_session: bool) -> D
 
 def _validate_modern(message: Message, headers: Mapping[str, str], header_version: str) -> Detected | Rejection:
     meta = message.meta
-    if message.is_request:
+    if message.is_request and (META_VERSION not in meta or META_CAPABILITIES not in meta):
         missing = [k for k in (META_VERSION, META_CAPABILITIES) if k not in meta]
-        if missing:
-            return Rejection(400, INVALID_PARAMS,
-                             f"params._meta is missing the required envelope key(s): {', '.join(missing)}")
+        return Rejection(400, INVALID_PARAMS,
+                         f"params._meta is missing the required envelope key(s): {', '.join(missing)}")
     meta_version = meta.get(META_VERSION, header_version)
     if meta_version != header_version:
         return Rejection(400, HEADER_MISMATCH,

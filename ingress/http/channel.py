@@ -13,8 +13,9 @@ import contextlib
 from typing import Any
 
 import orjson
-from aiohttp import web
+from aiohttp import hdrs, web
 from mcp_types import METHOD_NOT_FOUND
+from multidict import CIMultiDict
 
 from ingress.dispatch import Reply
 from ingress.gateway import level_allows
@@ -29,6 +30,8 @@ MODERN_ERROR_STATUS = {-32700: 400, -32600: 400, -32602: 400, -32020: 400, -3202
 RETRY_MS = 1000  # how long a legacy client waits before resuming a dropped stream
 SSE_HEADERS = {"Content-Type": "text/event-stream", "Cache-Control": "no-cache, no-transform",
                "X-Accel-Buffering": "no"}
+# What `content_type="application/json"` would set, built once (Response copies it).
+_JSON_HEADERS: CIMultiDict[str] = CIMultiDict({hdrs.CONTENT_TYPE: "application/json"})
 KEEPALIVE_S = 15.0  # a comment line on an idle stream, so proxies do not time it out
 _CAPABILITY_OF = {"sampling/createMessage": "sampling", "elicitation/create": "elicitation",
                   "roots/list": "roots"}
@@ -144,10 +147,18 @@ class PostChannel(AgentChannel):
         self.stream: web.StreamResponse | None = None
         accept = request.headers.get("Accept", "")
         self.can_stream = "text/event-stream" in accept or "*/*" in accept or not accept
-        self._lock = asyncio.Lock()
+        self._stream_lock: asyncio.Lock | None = None  # made on first use: most calls never stream
         self.log = session.new_stream_log() if resumable and session is not None and self.can_stream else None
         self._detached = False
         self._opener: asyncio.TimerHandle | None = None
+
+    @property
+    def _lock(self) -> asyncio.Lock:
+        """Orders the writes of a streamed answer."""
+        lock = self._stream_lock
+        if lock is None:
+            lock = self._stream_lock = asyncio.Lock()
+        return lock
 
     async def _start_stream(self) -> web.StreamResponse:
         if self.stream is None:
@@ -228,6 +239,8 @@ class PostChannel(AgentChannel):
             code = error_code_of(reply.body)
             if code is not None:
                 status = MODERN_ERROR_STATUS.get(code, 200)
+        if not self.headers:  # the usual answer: its headers copied from a ready-made map
+            return web.Response(body=wire, status=status, headers=_JSON_HEADERS)
         return web.Response(body=wire, status=status, content_type="application/json", headers=self.headers)
 
     async def abort(self, body: JsonObject) -> web.StreamResponse:

@@ -55,9 +55,9 @@ __all__ = ["StreamableHttpUpstream"]
 log = logging.getLogger("mcpgw.upstream")
 
 # Envelope keys mean nothing to a legacy server, and the SDK's dual-era loop rejects them there.
-_ENVELOPE_KEYS = (
+_ENVELOPE_KEYS = frozenset((
     PROTOCOL_VERSION_META_KEY, CLIENT_CAPABILITIES_META_KEY, CLIENT_INFO_META_KEY, LOG_LEVEL_META_KEY
-)
+))
 _LIST_FLAGS = (
     ("tools", "toolsListChanged"), ("prompts", "promptsListChanged"), ("resources", "resourcesListChanged")
 )
@@ -145,7 +145,9 @@ class StreamableHttpUpstream(HttpHandshake):
                     token = f"g{uid}"
                     fresh = {**meta, "progressToken": token}
                     self._by_token[token] = call
-                if any(key in meta for key in _ENVELOPE_KEYS):
+                # Calls the forwarder sends have none left (it strips the envelope for a legacy
+                # upstream), so this is one C-speed test, not a scan.
+                if not meta.keys().isdisjoint(_ENVELOPE_KEYS):
                     fresh = {k: v for k, v in (fresh or meta).items() if k not in _ENVELOPE_KEYS}
                 if fresh is not None:
                     out["params"] = {**params, "_meta": fresh}
