@@ -26,9 +26,12 @@ SESSION_HEADER = "Mcp-Session-Id"
 
 
 def base_context(request: web.Request, transport: str) -> CallContext:
-    traceparent = request.headers.get("traceparent", "")
-    parts = traceparent.split("-")
-    trace_id, span_id = (parts[1], parts[2]) if len(parts) == 4 else ("", "")
+    traceparent = request.headers.get("traceparent")
+    trace_id = span_id = ""
+    if traceparent:  # most agents send none: no split
+        parts = traceparent.split("-")
+        if len(parts) == 4:
+            trace_id, span_id = parts[1], parts[2]
     return CallContext(correlation_id=new_event_id(), client_addr=request.remote or "", transport=transport,
                        principal="anonymous", trace_id=trace_id, span_id=span_id)
 
