@@ -21,7 +21,7 @@ from typing import Any
 from ingress.sink import EventSink
 from ingress.upstreams.base import CallContext, JsonObject
 from schemas.events import AuditMode, Direction, EventType, GatewayEvent, Kind, Outcome, new_event_id
-from schemas.payload import DEFAULT_POLICY, PayloadPolicy, PreparedPayload, prepare_payload
+from schemas.payload import DEFAULT_POLICY, PayloadPolicy, payload_columns
 
 log = logging.getLogger("mcpgw.audit")
 
@@ -63,7 +63,7 @@ def _error_of(body: JsonObject) -> tuple[int | None, str]:
     return None, ""
 
 
-def _held_payload(held: list[GatewayEvent], wire: bytes) -> PreparedPayload | None:
+def _held_payload(held: list[GatewayEvent], wire: bytes) -> tuple[bytes, str, int, int, bool] | None:
     """The payload columns of a held event whose message was these very bytes, unredacted and whole.
 
     A forwarded message is often byte-identical to the one received (a modern `tools/call` whose
@@ -74,7 +74,7 @@ def _held_payload(held: list[GatewayEvent], wire: bytes) -> PreparedPayload | No
     """
     for event in held:
         if event.redactions == 0 and not event.payload_truncated and event.payload == wire:
-            return PreparedPayload(event.payload, event.payload_sha256, event.payload_size, 0, False)
+            return event.payload, event.payload_sha256, event.payload_size, 0, False
     return None
 
 
@@ -117,14 +117,18 @@ class Recorder:
             code, message = None, ""
             method = body["method"]
             method = method if type(method) is str and method else str(method or ctx.method)
+        elif "error" in body:  # kind_of's answers, without its call
+            kind = Kind.ERROR
+            code, message = _error_of(body)
+            method = ctx.method
         else:
-            kind = kind_of(body)
-            code, message = _error_of(body) if "error" in body else (None, "")
+            kind = Kind.RESPONSE if body else Kind.ERROR
+            code, message = None, ""
             method = ctx.method
         raw_id = body.get("id")
         held = ctx.deferred
         payload = _held_payload(held, wire) if held else None
-        stored, sha256, size, redactions, truncated = payload or prepare_payload(wire, self.payload_policy)
+        stored, sha256, size, redactions, truncated = payload or payload_columns(wire, self.payload_policy)
         now_ns = time.time_ns()  # one clock read for the id and the timestamp
         return GatewayEvent(
             event_type, kind, _TYPE_DIRECTION.get(event_type, Direction.INTERNAL),

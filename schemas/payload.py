@@ -69,9 +69,15 @@ class PreparedPayload(NamedTuple):
 
 def prepare_payload(raw: bytes, policy: PayloadPolicy = DEFAULT_POLICY) -> PreparedPayload:
     """The payload columns for message bytes `raw` under `policy` (see the module docstring)."""
+    return PreparedPayload._make(payload_columns(raw, policy))
+
+
+def payload_columns(raw: bytes, policy: PayloadPolicy = DEFAULT_POLICY) -> tuple[bytes, str, int, int, bool]:
+    """`prepare_payload` as a plain tuple, for callers that unpack it at once (the recorder, four
+    times per tool call): a NamedTuple's `__new__` is a Python frame of its own."""
     # Redact the whole before cutting: paths need the parse, and a cut could split a secret.
     full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
     digest = _sha256(full).hexdigest()
     if len(full) <= policy.max_bytes:
-        return PreparedPayload(full, digest, len(full), redactions, False)
-    return PreparedPayload(full[: policy.prefix_bytes], digest, len(full), redactions, True)
+        return full, digest, len(full), redactions, False
+    return full[: policy.prefix_bytes], digest, len(full), redactions, True
