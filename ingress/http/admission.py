@@ -7,6 +7,7 @@ a JSON-RPC error body a person can act on.
 from __future__ import annotations
 
 import logging
+import re
 
 import orjson
 from aiohttp import web
@@ -25,13 +26,19 @@ log = logging.getLogger("mcpgw.http")
 SESSION_HEADER = "Mcp-Session-Id"
 
 
+# version-traceid-parentid-flags; a later version may append fields after a dash.
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-[0-9a-f]{2}(?:-|$)")
+
+
 def base_context(request: web.Request, transport: str) -> CallContext:
     traceparent = request.headers.get("traceparent")
     trace_id = span_id = ""
-    if traceparent:  # most agents send none: no split
-        parts = traceparent.split("-")
-        if len(parts) == 4:
-            trace_id, span_id = parts[1], parts[2]
+    if traceparent:  # most agents send none: no match
+        # W3C Trace Context: a header that does not parse is ignored (a new trace starts), so nothing
+        # but hex ids reaches the events, never header bytes that are not text.
+        parsed = _TRACEPARENT.match(traceparent)
+        if parsed is not None and parsed[1] != "ff" and parsed[2].strip("0") and parsed[3].strip("0"):
+            trace_id, span_id = parsed[2], parsed[3]
     return CallContext(correlation_id=new_event_id(), client_addr=request.remote or "", transport=transport,
                        principal="anonymous", trace_id=trace_id, span_id=span_id)
 

@@ -96,7 +96,9 @@ class Http1Pool:
                 raise ValueError("a header name or value contains a line break")  # would split the request
             names = {name.lower() for name, _ in key}
             defaults = "".join([line for low, line in self._defaults if low not in names])
-            head = f"{self._prefix}{defaults}{own}Content-Length: ".encode()  # UTF-8, as aiohttp does
+            # UTF-8, as aiohttp does; an agent's header bytes that were not UTF-8 (relayed Mcp-Param-*
+            # headers, which aiohttp decoded with surrogateescape) go out as they came in.
+            head = f"{self._prefix}{defaults}{own}Content-Length: ".encode("utf-8", "surrogateescape")
             if len(self._heads) >= _HEAD_CACHE_MAX:
                 self._heads.clear()
             self._heads[key] = head
