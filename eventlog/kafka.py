@@ -4,8 +4,9 @@ Durability: `append` returns once every in-sync replica has the record (acks=all
 `KafkaSettings.acks`). Concurrent appends share produce requests. With idempotence each append
 enqueues with aiokafka's `send()` and awaits its own delivery future, so the accumulator batches
 whatever arrives within `linger_ms`; without it (and with `linger_ms` 0) appends skip the
-accumulator and its sender task: `kafka_direct` writes produce requests onto aiokafka's connection
-itself, with the same ordering, batching and retry rules, at ~0.2 ms less per append. There
+accumulator and its sender task: `kafka_direct` writes produce requests onto its own connection
+to each leader (`kafka_conn`), with the same ordering, batching and retry rules, at ~0.2 ms less
+per append. There
 `submit_batch` takes an append without a task of its own (see `SubmittingProducer` in
 eventlog/base.py): its acknowledgement settles it from a callback.
 
@@ -243,7 +244,7 @@ class KafkaProducer:
             self._watch_connections(producer)
             await producer.start()
             if not settings.enable_idempotence and settings.linger_ms == 0:
-                self._direct = DirectSender(producer, settings)
+                self._direct = DirectSender(producer, settings, self._count_loss)
         except _CLIENT_ERRORS as exc:
             if producer is not None:
                 await producer.stop()
@@ -258,6 +259,9 @@ class KafkaProducer:
                 raise error from exc
             raise unavailable("producer start failed", exc) from exc
         return producer
+
+    def _count_loss(self) -> None:
+        self._losses += 1
 
     def _watch_connections(self, producer: Any) -> None:
         # aiokafka reports every closed broker connection to its client's `_on_connection_closed`

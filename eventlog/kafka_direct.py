@@ -1,10 +1,9 @@
-"""Produce requests written straight onto aiokafka's broker connection, past its accumulator.
+"""Produce requests sent past aiokafka's accumulator, straight to the partition leaders.
 
-`KafkaProducer` uses this only without idempotence: an idempotent producer's sequence numbers live
-in aiokafka's accumulator, so that path stays for it (production Apache Kafka). Without idempotence
-the accumulator only batches, and its sender task costs each append extra task wake-ups: on Tansu
-over loopback at concurrency 1, one produce of a call's two events took 0.43 ms round trip and
-0.27 ms client CPU this way against 0.65 ms and 0.47 ms through `AIOKafkaProducer.send`.
+`KafkaProducer` uses this only without idempotence (whose sequence numbers live in aiokafka's
+accumulator: production Apache Kafka keeps that path). Without it the accumulator only batches,
+and its sender task cost each append task wake-ups: on Tansu over loopback at c=1, a produce of a
+call's two events took 0.43 ms and 0.27 ms client CPU here against 0.65 and 0.47 ms through it.
 
 What the accumulator path promised holds here too:
 - acks=all; the broker's bound on a request is request_timeout_ms.
@@ -19,13 +18,12 @@ What the accumulator path promised holds here too:
   expiry), then the last error is raised; other errors are raised at once. A request unanswered
   after request_timeout_ms closes its connection (as aiokafka's client does) and counts as lost.
 
-`submit` takes records without a task: the request goes onto the connection at once when the
-sender is idle and the leader's connection is up (else it queues), and the answer settles the
-append from aiokafka's reader through a callback, which also sends what queued meanwhile. Only
-the slow cases (connecting, a retry's backoff, a leader to look up) run in a driver task. Requests
-are encoded by `kafka_wire` and written straight onto aiokafka's connection (its writer, its queue
-of awaited answers), so its reader task decodes the answer and everything else about the
-connection (idle drop, close, errors) stays aiokafka's.
+`submit` takes records without a task: the request goes out at once when the sender is idle and
+the leader's connection is up (else it queues); the answer settles the append through a callback,
+which also sends what queued meanwhile. Only the slow cases (connecting, a retry's backoff, a
+leader to look up) run in a driver task. Requests (encoded by `kafka_wire`) go over the sender's
+own connection to each leader (`kafka_conn`, answers settled in `data_received`; a lost one is
+reported to `on_lost`), with SASL over aiokafka's (`kafka_wire.AiokafkaLinks`).
 """
 
 from __future__ import annotations
@@ -39,7 +37,6 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from aiokafka import TopicPartition  # type: ignore[import-untyped]
-from aiokafka.client import ConnectionGroup  # type: ignore[import-untyped]
 from aiokafka.errors import KafkaError, MessageSizeTooLargeError, for_code  # type: ignore[import-untyped]
 from aiokafka.partitioner import DefaultPartitioner  # type: ignore[import-untyped]
 from aiokafka.record.default_records import (  # type: ignore[import-untyped]
@@ -48,8 +45,9 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 )
 
 from eventlog.base import LogUnavailable
+from eventlog.kafka_conn import LeaderLinks
 from eventlog.kafka_settings import KafkaSettings
-from eventlog.kafka_wire import key_partition, transmit
+from eventlog.kafka_wire import AiokafkaLinks, key_partition
 
 _CODECS = {
     None: 0,
@@ -118,13 +116,19 @@ def _resolve_once(future: asyncio.Future[float], value: float) -> None:
 
 
 class DirectSender:
-    def __init__(self, producer: Any, settings: KafkaSettings) -> None:
+    def __init__(self, producer: Any, settings: KafkaSettings, on_lost: Callable[[], None]) -> None:
         self._producer = producer
         self._client = producer.client
-        self._client_id = settings.client_id.encode()
+        client_id = settings.client_id.encode()
+        security = settings.security
+        self._links: LeaderLinks | AiokafkaLinks
+        if security.security_protocol.startswith("SASL_"):
+            self._links = AiokafkaLinks(self._client, client_id, settings.request_timeout_ms)
+        else:
+            ssl = security.client_kwargs().get("ssl_context")
+            self._links = LeaderLinks(self._client, client_id, settings.request_timeout_ms, ssl, on_lost)
         self._codec = _CODECS[settings.compression]
         self._compress_from = settings.compression_min_bytes
-        self._request_timeout_ms = settings.request_timeout_ms
         self._timeout_s = settings.request_timeout_ms / 1000
         self._max_batch = settings.max_batch_bytes
         self._max_request = settings.max_request_bytes
@@ -135,6 +139,7 @@ class DirectSender:
         self._busy = False
         self._driver: asyncio.Task[None] | None = None
         self._idle: asyncio.Future[None] | None = None  # `close` waiting for the rounds in flight
+        self._closed = False
 
     def submit(self, topic: str, records: Records, settle: Settle) -> bool:
         """Queue the records (sending them now when idle); `settle` is called once, on the loop, with
@@ -165,6 +170,7 @@ class DirectSender:
             self._idle = asyncio.get_running_loop().create_future()
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(asyncio.shield(self._idle), self._timeout_s + 1.0)
+        self._closed = True
         driver = self._driver
         if driver is not None and not driver.done():
             driver.cancel()
@@ -172,6 +178,7 @@ class DirectSender:
                 await driver
         while self._queue:
             self._queue.popleft().append.fail(LogUnavailable("kafka: producer closed before the append was sent"))
+        await self._links.close()
 
     def _enqueue(self, topic: str, records: Records, ordered: list[int], settle: Settle) -> _Append:
         append = _Append(settle, asyncio.get_running_loop().time() + self._timeout_s)
@@ -222,14 +229,18 @@ class DirectSender:
         if not taken and not leaderless:
             self._set_idle()
             return
-        if leaderless or not all(self._connection(node) is not None for node in requests):
+        if leaderless or not all(self._links.connection(node) is not None for node in requests):
             self._queue.extendleft(reversed(taken))
             self._start_driver(0.0)
             return
         self._launch(requests, taken, self._fired)
 
     def _fired(self, retry_in: float) -> None:
-        if retry_in:
+        if self._closed:  # what a retry would have resent: nobody sends it any more
+            while self._queue:
+                self._queue.popleft().append.fail(LogUnavailable("kafka: producer closed during an append"))
+            self._set_idle()
+        elif retry_in:
             self._start_driver(retry_in)
         else:
             self._fire()
@@ -243,7 +254,9 @@ class DirectSender:
             self._idle.set_result(None)
 
     async def _drive(self, retry_in: float) -> None:
-        """The slow path: backoff and metadata before a retry, connecting, leaders to look up."""
+        """The slow path: backoff and metadata before a retry, connecting, leaders to look up. A round
+        sent to known leaders is carried on by its answers' callbacks (a busy queue kept this alive)."""
+        handed_over = False
         try:
             while self._queue:
                 if retry_in:
@@ -254,27 +267,30 @@ class DirectSender:
                 if leaderless:
                     self._client.force_metadata_update()
                 if not taken:
-                    if leaderless:
-                        self._expire(self._queue[0].append, LogUnavailable(f"kafka: no leader for {self._queue[0].tp}"))
+                    if leaderless and asyncio.get_running_loop().time() >= self._queue[0].append.expires:
+                        self._queue[0].append.fail(LogUnavailable(f"kafka: no leader for {self._queue[0].tp}"))
                     retry_in = _RETRY_BACKOFF_S if leaderless else 0.0
                     continue
                 for node in requests:
                     with contextlib.suppress(KafkaError, OSError, TimeoutError):  # not ready: that request fails
                         async with asyncio.timeout(self._timeout_s):
-                            await self._client.ready(node)
+                            await self._links.ready(node)
+                if not leaderless:
+                    handed_over = True
+                    self._launch(requests, taken, self._fired)
+                    return
                 answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
                 self._launch(requests, taken, functools.partial(_resolve_once, answered))
                 # Cancelled (closing) while waiting here: the answer still settles the appends.
-                retry_in = await answered
-                if leaderless and not retry_in:
-                    retry_in = _RETRY_BACKOFF_S
+                retry_in = (await answered) or _RETRY_BACKOFF_S
         except BaseException as exc:
             error = exc if isinstance(exc, Exception) else LogUnavailable("kafka: producer closed during an append")
             while self._queue:
                 self._queue.popleft().append.fail(error)
             raise
         finally:
-            self._set_idle()
+            if not handed_over:
+                self._set_idle()
 
     def _take(self) -> tuple[Requests, list[_Chunk], bool]:
         """The queue's head for one request per leader: per partition one batch, in queue order."""
@@ -331,10 +347,6 @@ class DirectSender:
         self._queue.extendleft(reversed(retry))
         return _RETRY_BACKOFF_S
 
-    def _connection(self, node: int) -> Any:
-        conn = self._client._conns.get((node, ConnectionGroup.DEFAULT))
-        return conn if conn is not None and conn.connected() else None
-
     def _transmit(self, node: int, batches: dict[TopicPartition, list[_Chunk]],
                   answered: Callable[[dict[TopicPartition, list[_Chunk]], Any], None]) -> None:
         """Send one produce request to `node`; `answered` gets the response or the error, on the loop."""
@@ -349,8 +361,7 @@ class DirectSender:
                     builder.append(offset, timestamp=timestamp, key=key, value=value, headers=[])
                     offset += 1
             topics.setdefault(tp.topic, []).append((tp.partition, builder.build()))
-        transmit(self._connection(node), node, self._client_id, self._request_timeout_ms, list(topics.items()),
-                 functools.partial(answered, batches))
+        self._links.transmit(node, list(topics.items()), functools.partial(answered, batches))
 
     def _answered(
         self, batches: dict[TopicPartition, list[_Chunk]], answer: Any, failed: dict[int, BaseException]
@@ -382,8 +393,3 @@ class DirectSender:
         for tp in batches.keys() - settled:
             for chunk in batches[tp]:
                 failed[id(chunk)] = KafkaError(f"the produce response has no answer for {tp}")
-
-    def _expire(self, append: _Append, error: BaseException) -> None:
-        if asyncio.get_running_loop().time() >= append.expires:
-            append.fail(error)
-

@@ -6,9 +6,10 @@ per append (Tansu on loopback, c=1), a third of the Kafka path's own cost. A pro
 versions 3-7 is a short fixed layout around the record batches aiokafka's builder still makes, so
 both directions are written out here: ~10 µs together.
 
-`transmit` writes a request onto an `AIOKafkaConnection` the way its `send` does (its writer, its
-correlation ids, its queue of awaited answers), minus the coroutine and timeout wrapper around the
-answer: the answer comes back through a callback. `ProduceWire` stands in for aiokafka's request
+`decode_produce` reads an answer for `kafka_conn`'s own connections. With SASL (which those do not
+speak) `transmit` writes a request onto an `AIOKafkaConnection` the way its `send` does (its
+writer, its correlation ids, its queue of awaited answers), minus the coroutine and timeout wrapper
+around the answer: the answer comes back through a callback. `ProduceWire` stands in for aiokafka's request
 struct where the connection reads the response (`parse_response_header`, `RESPONSE_TYPE.decode`),
 and its answer has the shape of aiokafka's (`topics` = [(name, [(partition, error_code)])]).
 The version is the highest both sides support up to 7, as aiokafka 0.14 picks it (v8 only adds
@@ -28,6 +29,7 @@ from collections.abc import Callable, Sequence
 from io import BytesIO
 from typing import Any
 
+from aiokafka.client import ConnectionGroup  # type: ignore[import-untyped]
 from aiokafka.conn import CloseReason  # type: ignore[import-untyped]
 from aiokafka.errors import (  # type: ignore[import-untyped]
     KafkaConnectionError,
@@ -131,13 +133,19 @@ class _Decoder:
         self.version = version
 
     def decode(self, buffer: BytesIO) -> ProduceAnswer:
-        try:
-            return _decode(self.version, buffer.getbuffer(), buffer.tell())
-        except (struct.error, UnicodeDecodeError, IndexError) as exc:
-            raise WireError(f"malformed produce response (v{self.version}): {exc}") from exc
+        data = buffer.getbuffer()
+        return decode_produce(self.version, data, buffer.tell(), len(data))
 
 
-def _decode(version: int, data: memoryview, pos: int) -> ProduceAnswer:
+def decode_produce(version: int, data: bytes | memoryview, start: int, end: int) -> ProduceAnswer:
+    """The produce answer in data[start:end] (past the response header); WireError if malformed."""
+    try:
+        return _decode(version, data, start, end)
+    except (struct.error, UnicodeDecodeError, IndexError) as exc:
+        raise WireError(f"malformed produce response (v{version}): {exc}") from exc
+
+
+def _decode(version: int, data: bytes | memoryview, pos: int, end: int) -> ProduceAnswer:
     unpack_int32, unpack_string, unpack_answer = _INT32.unpack_from, _STRING.unpack_from, _PARTITION_ANSWER.unpack_from
     # Per partition after (partition, error_code): base_offset, log_append_time (v2+), log_start_offset (v5+).
     fixed = 6 + 8 + 8 + (8 if version >= 5 else 0)
@@ -164,7 +172,7 @@ def _decode(version: int, data: memoryview, pos: int) -> ProduceAnswer:
                 (length,) = unpack_string(data, pos)  # error_message
                 pos += 2 + max(0, length)
         topics.append((name, partitions))
-    if pos > len(data):
+    if pos > end:
         raise WireError(f"produce response (v{version}) ends before its last field")
     return ProduceAnswer(topics)
 
@@ -234,3 +242,26 @@ def _delivered(on_answer: Callable[[Any], None], timer: asyncio.TimerHandle, res
         on_answer(error)
     else:  # e.g. a malformed answer: the reader closed the connection
         on_answer(KafkaConnectionError(f"the produce response could not be read: {error!r}"))
+
+
+class AiokafkaLinks:
+    """`DirectSender`'s links to brokers over aiokafka's own connections (its reader task reads the
+    answers): for SASL, which `kafka_conn.LeaderLinks` does not speak."""
+
+    def __init__(self, client: Any, client_id: bytes, timeout_ms: int) -> None:
+        self._client = client
+        self._client_id = client_id
+        self._timeout_ms = timeout_ms
+
+    def connection(self, node: int) -> Any:
+        conn = self._client._conns.get((node, ConnectionGroup.DEFAULT))
+        return conn if conn is not None and conn.connected() else None
+
+    async def ready(self, node: int) -> None:
+        await self._client.ready(node)
+
+    def transmit(self, node: int, topics: Topics, on_answer: Callable[[Any], None]) -> None:
+        transmit(self.connection(node), node, self._client_id, self._timeout_ms, topics, on_answer)
+
+    async def close(self) -> None:
+        """aiokafka's producer closes its connections."""

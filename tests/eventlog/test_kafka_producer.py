@@ -24,22 +24,26 @@ PRODUCE_REQUESTS = {v: getattr(produce, f"ProduceRequest_v{v}") for v in range(3
 
 
 def capture_produce_requests(producer: KafkaProducer) -> list[Any]:
-    """Every produce request the producer writes from now on onto its open broker connections, as the
-    broker reads it: decoded from the bytes on the wire by aiokafka's own request schemas (so the
-    direct path's hand-written encoding is checked against them too)."""
+    """Every produce request the producer writes from now on onto its open broker connections (aiokafka's
+    and the direct path's own), as the broker reads it: decoded from the bytes on the wire by
+    aiokafka's own request schemas (so the direct path's hand-written encoding is checked against them)."""
     seen: list[Any] = []
-    for conn in producer._producer.client._conns.values():
-        writer = conn._writer
-        original = writer.write
 
-        def write(data: bytes, original: Any = original) -> None:
+    def capturing(original: Any) -> Any:
+        def write(data: bytes) -> None:
             api_key, version = struct.unpack_from(">hh", data, 4)
             if api_key == 0:  # produce
                 (client_id_length,) = struct.unpack_from(">h", data, 12)
                 seen.append(PRODUCE_REQUESTS[version].decode(io.BytesIO(data[14 + max(0, client_id_length):])))
             original(data)
 
-        writer.write = write
+        return write
+
+    for conn in producer._producer.client._conns.values():
+        conn._writer.write = capturing(conn._writer.write)
+    links = producer._direct._links if producer._direct is not None else None
+    for own in getattr(links, "_conns", {}).values():
+        own._write = capturing(own._write)
     return seen
 
 
