@@ -13,7 +13,9 @@ with a `CorrelationIdError`, as aiokafka does); a request unanswered after reque
 closes the connection (`RequestTimedOutError`); a closed or broken connection fails every request
 still awaiting an answer with a `KafkaConnectionError`. One timer per connection watches the
 oldest request's deadline instead of a timer per request. The produce version is agreed by an
-ApiVersions v0 exchange when the connection opens (aiokafka's schemas: once per connection).
+ApiVersions v0 exchange when the connection opens (aiokafka's schemas: once per connection). A
+connection idle for `idle_s` (aiokafka's 9 minutes) is closed by us, not counted as a loss: a
+broker closes idle ones after 10 (Apache Kafka's connections.max.idle.ms), which would count.
 
 `LeaderLinks` holds one such connection per broker for `DirectSender`; metadata, bootstrap, topic
 creation and leader lookup stay on aiokafka's client. TLS is asyncio's `ssl=`; SASL is not spoken
@@ -56,6 +58,7 @@ OnAnswer = Callable[[Any], None]
 Decode = Callable[[bytes, int, int], Any]
 
 _SIZE = struct.Struct(">i")
+_MAX_IDLE_S = 540.0  # aiokafka's connections_max_idle_ms
 _MAX_FRAME = 100 * 1024 * 1024  # aiokafka's reader has no bound; a size past this is a broken stream
 
 
@@ -63,7 +66,7 @@ class ProduceConnection(asyncio.Protocol):
     """One broker connection carrying produce requests; see the module docstring."""
 
     def __init__(self, node: int, client_id: bytes, timeout_s: float,
-                 on_closed: Callable[[ProduceConnection, bool], None]) -> None:
+                 on_closed: Callable[[ProduceConnection, bool], None], idle_s: float = _MAX_IDLE_S) -> None:
         self.node = node
         self.version = 0  # the produce version, set once ApiVersions has answered
         self.closed = False
@@ -78,6 +81,9 @@ class ProduceConnection(asyncio.Protocol):
         self._pending: collections.deque[tuple[int, float, Decode, OnAnswer]] = collections.deque()
         self._correlation_id = 0
         self._watchdog: asyncio.TimerHandle | None = None
+        self._idle_s = idle_s
+        self._last_sent = self._loop.time()
+        self._idle_check = self._loop.call_at(self._last_sent + idle_s, self._check_idle)
         self._gone: asyncio.Future[None] = self._loop.create_future()
 
     # -- asyncio.Protocol ----------------------------------------------------------------------------
@@ -125,7 +131,8 @@ class ProduceConnection(asyncio.Protocol):
         if self.closed:
             self._loop.call_soon(on_answer, KafkaConnectionError(f"connection to broker {self.node} closed"))
             return
-        deadline = self._loop.time() + self._timeout_s
+        self._last_sent = now = self._loop.time()
+        deadline = now + self._timeout_s
         self._pending.append((correlation_id, deadline, decode, on_answer))
         if self._watchdog is None:
             self._watchdog = self._loop.call_at(deadline, self._watch)
@@ -140,6 +147,7 @@ class ProduceConnection(asyncio.Protocol):
         if self._watchdog is not None:
             self._watchdog.cancel()
             self._watchdog = None
+        self._idle_check.cancel()
         if self._transport is not None:
             self._transport.close()
         pending, self._pending = self._pending, collections.deque()
@@ -189,6 +197,14 @@ class ProduceConnection(asyncio.Protocol):
             self._watchdog = self._loop.call_at(deadline, self._watch)
 
 
+    def _check_idle(self) -> None:
+        idle_until = self._last_sent + self._idle_s
+        if self._pending or idle_until > self._loop.time():
+            self._idle_check = self._loop.call_at(max(idle_until, self._loop.time() + 1.0), self._check_idle)
+        else:
+            self.close(KafkaConnectionError(f"connection to broker {self.node} closed: idle"), lost=False)
+
+
 def _not_connected(data: bytes) -> None:
     raise KafkaConnectionError("not connected")
 
@@ -214,7 +230,8 @@ def _settle(future: asyncio.Future[Any], answer: Any) -> None:
 
 
 async def connect(node: int, host: str, port: int, ssl: Any, client_id: bytes, timeout_s: float,
-                  on_closed: Callable[[ProduceConnection, bool], None]) -> ProduceConnection:
+                  on_closed: Callable[[ProduceConnection, bool], None], idle_s: float = _MAX_IDLE_S
+                  ) -> ProduceConnection:
     """Open a connection to broker `node` and agree on the produce version, within `timeout_s`."""
     loop = asyncio.get_running_loop()
     conn: ProduceConnection | None = None
@@ -222,7 +239,7 @@ async def connect(node: int, host: str, port: int, ssl: Any, client_id: bytes, t
     try:
         async with asyncio.timeout(timeout_s):
             _, conn = await loop.create_connection(
-                lambda: ProduceConnection(node, client_id, timeout_s, on_closed), host, port, ssl=ssl)
+                lambda: ProduceConnection(node, client_id, timeout_s, on_closed, idle_s), host, port, ssl=ssl)
             request = ApiVersionRequest_v0()
             correlation_id = conn._next_correlation_id()
             header = request.build_request_header(correlation_id=correlation_id, client_id=client_id.decode())

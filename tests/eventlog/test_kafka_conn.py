@@ -203,6 +203,22 @@ async def test_an_unanswered_request_times_out_and_closes_the_connection(broker:
     assert conn.closed and answers.closed == [True]
 
 
+async def test_an_idle_connection_is_closed_by_us_and_not_counted_as_a_loss(broker: ScriptedBroker) -> None:
+    answers = Answers()
+    gone = asyncio.Event()
+
+    def on_closed(conn: ProduceConnection, lost: bool) -> None:
+        answers.on_closed(conn, lost)
+        gone.set()
+
+    conn = await connect(1, "127.0.0.1", broker.port, None, b"test", 10.0, on_closed, idle_s=0.05)
+    conn.produce(TOPICS, 1000, answers.answer)
+    conn.data_received(produce_answer(await broker.requests.get()))
+    await asyncio.wait_for(gone.wait(), 10)
+    assert conn.closed and answers.closed == [False], "an idle drop loses nothing"
+    assert isinstance((await answers.wait(1))[0], ProduceAnswer)
+
+
 async def test_appends_go_over_the_senders_own_connections_and_sasl_keeps_aiokafkas(kafka_bootstrap: str) -> None:
     producer = KafkaProducer(kafka_settings(kafka_bootstrap))
     await producer.start()
