@@ -196,7 +196,6 @@ class ProduceConnection(asyncio.Protocol):
         else:
             self._watchdog = self._loop.call_at(deadline, self._watch)
 
-
     def _check_idle(self) -> None:
         idle_until = self._last_sent + self._idle_s
         if self._pending or idle_until > self._loop.time():
@@ -220,7 +219,8 @@ def _decode_versions(data: bytes, start: int, end: int) -> dict[int, tuple[int, 
     return {api_key: (low, high) for api_key, low, high in answer.api_versions}
 
 
-def _settle(future: asyncio.Future[Any], answer: Any) -> None:
+def settle_future(future: asyncio.Future[Any], answer: Any) -> None:
+    """Resolve `future` with `answer` (raised when it is an exception), unless it is already done."""
     if future.done():
         return
     if isinstance(answer, BaseException):
@@ -245,7 +245,7 @@ async def connect(node: int, host: str, port: int, ssl: Any, client_id: bytes, t
             header = request.build_request_header(correlation_id=correlation_id, client_id=client_id.decode())
             message = header.encode() + request.encode()
             conn.request(_SIZE.pack(len(message)) + message, correlation_id, _decode_versions,
-                         functools.partial(_settle, answered))
+                         functools.partial(settle_future, answered))
             versions = await answered
         version = produce_version(versions)
         if version is None:

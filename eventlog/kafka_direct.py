@@ -45,7 +45,7 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
 )
 
 from eventlog.base import LogUnavailable
-from eventlog.kafka_conn import LeaderLinks
+from eventlog.kafka_conn import LeaderLinks, settle_future
 from eventlog.kafka_settings import KafkaSettings
 from eventlog.kafka_wire import AiokafkaLinks, key_partition
 
@@ -101,20 +101,6 @@ class _Chunk:
         self.append = append
 
 
-def _resolve(future: asyncio.Future[None], error: BaseException | None) -> None:
-    if future.done():
-        return
-    if error is None:
-        future.set_result(None)
-    else:
-        future.set_exception(error)
-
-
-def _resolve_once(future: asyncio.Future[float], value: float) -> None:
-    if not future.done():
-        future.set_result(value)
-
-
 class DirectSender:
     def __init__(self, producer: Any, settings: KafkaSettings, on_lost: Callable[[], None]) -> None:
         self._producer = producer
@@ -156,7 +142,7 @@ class DirectSender:
         partitions = self._client.cluster.partitions_for_topic(topic)
         if not partitions:
             partitions = await self._producer.partitions_for(topic)  # waits for metadata, bounded
-        append = self._enqueue(topic, records, sorted(partitions), functools.partial(_resolve, future))
+        append = self._enqueue(topic, records, sorted(partitions), functools.partial(settle_future, future))
         try:
             await future
         except asyncio.CancelledError:
@@ -280,7 +266,7 @@ class DirectSender:
                     self._launch(requests, taken, self._fired)
                     return
                 answered: asyncio.Future[float] = asyncio.get_running_loop().create_future()
-                self._launch(requests, taken, functools.partial(_resolve_once, answered))
+                self._launch(requests, taken, functools.partial(settle_future, answered))
                 # Cancelled (closing) while waiting here: the answer still settles the appends.
                 retry_in = (await answered) or _RETRY_BACKOFF_S
         except BaseException as exc:
