@@ -148,9 +148,8 @@ class AggregateHandlers(Forwarder):
         if not isinstance(name, str):
             return error_reply(msg.id, INVALID_PARAMS, f"{msg.method} needs params.name (the {what} name)",
                                Outcome.REFUSED)
-        # Nearly every call names a listed tool: found without a coroutine when the catalog has it,
-        # and once only when the endpoint found it already.
-        routed = ctx.route or self.catalog.cached_route(what, name) or await self.catalog.route(what, name)
+        # Nearly every call names a listed tool: found without a coroutine when the catalog has it.
+        routed = self.catalog.cached_route(what, name) or await self.catalog.route(what, name)
         if isinstance(routed, NotRouted):
             return error_reply(msg.id, INVALID_PARAMS, routed.message, Outcome.REFUSED,
                                data={what: name, "searched": list(routed.searched)})

@@ -19,17 +19,15 @@ from ingress.http.admission import refuse
 from ingress.http.channel import PostChannel
 from ingress.jsonrpc import Message, error_body, result_body
 from ingress.mrtr import EXPIRED, STATE_PREFIX, HeldCall, input_required, next_outcome, params_digest
-from ingress.routing import Route
 from ingress.upstreams.base import CallContext
 from schemas.events import Outcome
 
 _KIND_OF = {"tools/call": "tool", "prompts/get": "prompt"}  # what the call names, for the catalog's routing
 
 
-def may_hold(gateway: Gateway, msg: Message, target: str, route: Route | None = None) -> bool:
+def may_hold(gateway: Gateway, msg: Message, target: str) -> bool:
     """Whether a modern agent's call must run held: a retry with the gateway's `requestState`, or a
     call routed to an upstream that may ask the agent mid-call (legacy era, or not known yet).
-    `route`: the owner the endpoint already took from the catalog's cache, if any.
 
     A modern upstream never asks mid-call (it answers `input_required` itself, which goes through
     as is), so its calls skip the held task, its wake-ups and the params digest.
@@ -40,9 +38,7 @@ def may_hold(gateway: Gateway, msg: Message, target: str, route: Route | None = 
     server = target
     if not server:
         name = msg.params.get("name")
-        owner = route or (
-            gateway.catalog.cached_route(_KIND_OF.get(msg.method, ""), name) if isinstance(name, str) else None
-        )
+        owner = gateway.catalog.cached_route(_KIND_OF.get(msg.method, ""), name) if isinstance(name, str) else None
         if owner is None:
             return True  # not routed from the cache (resources, unknown names): run held to be safe
         server = owner.server
@@ -77,7 +73,6 @@ async def request_held(gateway: Gateway, request: web.Request, msg: Message, ctx
         held = HeldCall(ctx.principal, msg.method, ctx, params_digest(msg.params))
         channel = PostChannel(request, gateway.recorder, ctx, None, timeout)
         ctx.handler = channel
-        ctx.route = None  # the call runs in a task of its own, later: it routes afresh
         held.run(asyncio.ensure_future(gateway.dispatcher.request(msg, ctx, target, None)))
     channel.held = held
     held.busy = True

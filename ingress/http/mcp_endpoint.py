@@ -69,7 +69,7 @@ class McpEndpoint:
                                 data, msg.body, msg.id, data=detected.data)
         if detected.era == "modern" and msg.method == "tools/call":
             try:
-                mismatch = await self._check_param_headers(msg, request, target, ctx)
+                mismatch = await self._check_param_headers(msg, request, target)
             except SinkUnavailable as exc:  # the catalog fetch it needed could not be recorded
                 return web.Response(status=503, body=orjson.dumps(_audit_unavailable(msg, exc)),
                                     content_type="application/json")
@@ -129,7 +129,7 @@ class McpEndpoint:
     async def _request(self, request: web.Request, msg: Message, ctx: CallContext, target: str,
                        session: AgentSession | None, handshake: bool) -> web.StreamResponse:
         gateway = self.gateway
-        if ctx.era == "modern" and msg.method in MRTR_METHODS and may_hold(gateway, msg, target, ctx.route):
+        if ctx.era == "modern" and msg.method in MRTR_METHODS and may_hold(gateway, msg, target):
             return await request_held(gateway, request, msg, ctx, target)
         headers = {SESSION_HEADER: session.id} if handshake and session is not None else None
         # Like the SDK's servers, answer a 2025-11-25 session's requests on resumable SSE streams.
@@ -181,8 +181,7 @@ class McpEndpoint:
         waiter.set_result((msg.body, msg.dumps()))
         return web.Response(status=202)
 
-    async def _check_param_headers(self, msg: Message, request: web.Request, target: str,
-                                   ctx: CallContext) -> eras.Rejection | None:
+    async def _check_param_headers(self, msg: Message, request: web.Request, target: str) -> eras.Rejection | None:
         name = msg.params.get("name")
         if not isinstance(name, str):
             return None
@@ -190,15 +189,12 @@ class McpEndpoint:
         if target:
             server, tool_name = target, name
         else:
-            cached = catalog.cached_route("tool", name)
-            ctx.route = cached  # the call is routed with it (see CallContext.route)
-            routed = cached or await catalog.route("tool", name)
+            routed = catalog.cached_route("tool", name) or await catalog.route("tool", name)
             if not isinstance(routed, Route):
                 return None  # dispatch answers the unknown tool
             server, tool_name = routed.server, routed.name
         specs = catalog.header_specs(server, tool_name)  # cached per listing: most tools have none
         if specs is None:  # not listed yet, or the list is stale: fetch it, as the call itself would
-            ctx.route = None  # the catalog may change while this waits: route the call afresh
             tools = await catalog.server_list(server, "tools/list") or []
             tool = next((t for t in tools if t.get("name") == tool_name), None)
             specs = (tool_param_headers(tool) or []) if tool is not None else []

@@ -13,10 +13,7 @@ import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from enum import StrEnum
-from typing import TYPE_CHECKING, Any, Protocol
-
-if TYPE_CHECKING:
-    from ingress.routing import Route
+from typing import Any, Protocol
 
 JsonObject = dict[str, Any]
 
@@ -71,10 +68,6 @@ class CallContext:
     # Events built but not yet handed to the sink: they are recorded together with the next
     # outgoing message of the call, so one durable write covers "received" and "forwarded".
     deferred: list[Any] = field(default_factory=list)
-    # The owner of a tools/call's tool when the endpoint already took it from the catalog's cache
-    # (a modern call on `/mcp` checks its Mcp-Param-* headers against it) and nothing was awaited
-    # since: routing uses it instead of looking the name up again.
-    route: Route | None = None
 
 
 class UpstreamTap(Protocol):
