@@ -124,7 +124,7 @@ async def _consume(config: GatewayConfig, role: str = "audit", metrics_host: str
         if port is not None:
             try:
                 await start_consumer_http(config, role, host, port, local, topics, lambda: in_process(audit, risk),
-                                          lambda: tasks, stack)
+                                          tasks, stack)
             except OSError as exc:
                 print(f"mcpgw consume {role}: cannot serve /metrics on {host}:{port}: {exc.strerror or exc}; "
                       f"free the port, or set consumers.metrics.{role}_port (null: no listener)", file=sys.stderr)

@@ -64,13 +64,13 @@ class ConsumerHttp:
 
     def __init__(self, config: GatewayConfig, role: str, local_log: EmbeddedLog | None, topics: Sequence[str],
                  consumers: Callable[[], Mapping[str, ConsumerMetrics]],
-                 tasks: Callable[[], Sequence[asyncio.Future[None]]], *, loopback: bool) -> None:
+                 tasks: Sequence[asyncio.Future[None]], *, loopback: bool) -> None:
         self._kafka = config.event_log.kafka if config.event_log is not None else None
         self._local_log = local_log
         self._topics = list(topics)
         self._role = role
         self._consumers = consumers
-        self._tasks = tasks
+        self._tasks = list(tasks)
         admin = config.admin
         # The ingress's rule: a token is asked for only off loopback, and only when one is configured.
         self._token_sha256 = bytes.fromhex(admin.token_sha256) if admin is not None and not loopback else None
@@ -103,7 +103,7 @@ class ConsumerHttp:
         return await self._export(request)
 
     async def healthz(self, _request: web.Request) -> web.Response:
-        stopped = [t for t in self._tasks() if t.done()]
+        stopped = [t for t in self._tasks if t.done()]
         consumers = {name: {"paused": m.paused, "last_commit": m.last_commit} for name, m in self._consumers().items()}
         return _json({"status": "stopped" if stopped else "ok", "role": self._role,
                       "uptime_s": round(time.time() - self._started, 3), "consumers": consumers},
@@ -134,7 +134,7 @@ def listener_port(config: GatewayConfig, role: str) -> int | None:
 
 async def start_consumer_http(config: GatewayConfig, role: str, host: str, port: int, local_log: EmbeddedLog | None,
                               topics: Sequence[str], consumers: Callable[[], Mapping[str, ConsumerMetrics]],
-                              tasks: Callable[[], Sequence[asyncio.Future[None]]],
+                              tasks: Sequence[asyncio.Future[None]],
                               stack: AsyncExitStack) -> list[str]:
     """Serve /metrics and /healthz on host:port until the stack closes; the addresses it listens on."""
     http = ConsumerHttp(config, role, local_log, topics, consumers, tasks,

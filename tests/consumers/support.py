@@ -10,7 +10,10 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any
+
+import yaml
 
 from consumers.audit import WRITTEN_SQL, AuditConsumer, AuditRows
 from consumers.store.base import EVENTS_TABLE, QueryResult, StoreQueryError
@@ -142,3 +145,22 @@ async def run_until_committed(
         await task
     for tp, end in ends.items():
         assert await consumer.committed(tp) == (end or None), tp
+
+
+def kafka_chdb_config(tmp_path: Path, bootstrap: str, client_id: str, **extra: Any) -> Path:
+    """A gateway.yaml in `tmp_path` for `mcpgw consume`/`replay` on Tansu (short timeouts) and a chDB store."""
+    config: dict[str, Any] = {
+        "auth": "none",
+        "data_dir": str(tmp_path / "data"),
+        "servers": {},
+        "event_log": {"kafka": {
+            "bootstrap_servers": bootstrap, "client_id": client_id, "enable_idempotence": False,
+            "request_timeout_ms": 5_000,
+            "consumer": {"session_timeout_ms": 2_000, "heartbeat_interval_ms": 200, "fetch_max_wait_ms": 100},
+        }},
+        "audit_store": {"chdb": {"path": str(tmp_path / "store")}},
+        **extra,
+    }
+    path = tmp_path / "gateway.yaml"
+    path.write_text(yaml.safe_dump(config))
+    return path

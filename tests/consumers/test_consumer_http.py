@@ -10,11 +10,9 @@ import subprocess
 from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from pathlib import Path
-from typing import Any
 
 import aiohttp
 import pytest
-import yaml
 from aiohttp import web
 from prometheus_client.parser import text_string_to_metric_families
 
@@ -24,9 +22,9 @@ from eventlog.kafka import KafkaProducer
 from eventlog.kafka_admin import ensure_topics
 from mcpgw.config import GatewayConfig, parse_config
 from mcpgw.consumer_http import ConsumerHttp, start_consumer_http
-from tests.consumers.support import append_events, make_events
+from tests.consumers.support import append_events, kafka_chdb_config, make_events
 from tests.eventlog.kafka_fixture import TansuBroker, free_port, kafka_settings
-from tests.support.durable import mcpgw_argv
+from tests.support.durable import mcpgw_argv, wait_for
 from tests.support.gateway import REPO
 
 pytestmark = pytest.mark.integration
@@ -46,39 +44,14 @@ async def scrape(http: aiohttp.ClientSession, base: str, **headers: str) -> str:
         return await response.text()
 
 
-async def until(condition: Any, timeout_s: float, what: str) -> None:
-    loop = asyncio.get_running_loop()
-    deadline = loop.time() + timeout_s
-    while not await condition():
-        assert loop.time() < deadline, f"timed out waiting for {what}"
-        await asyncio.sleep(0.1)
-
-
-def consume_config(tmp_path: Path, bootstrap: str, port: int) -> Path:
-    config: dict[str, Any] = {
-        "auth": "none",
-        "data_dir": str(tmp_path / "data"),
-        "servers": {},
-        "event_log": {"kafka": {
-            "bootstrap_servers": bootstrap, "client_id": "mcpgw-consume-test", "enable_idempotence": False,
-            "request_timeout_ms": 5_000,
-            "consumer": {"session_timeout_ms": 2_000, "heartbeat_interval_ms": 200, "fetch_max_wait_ms": 100},
-        }},
-        "audit_store": {"chdb": {"path": str(tmp_path / "store")}},
-        "consumers": {"metrics": {"audit_port": port}},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 async def test_consume_audit_serves_metrics_that_move_with_the_log_and_answers_healthz(
         tmp_path: Path, tansu_private: TansuBroker) -> None:
     settings = kafka_settings(tansu_private.bootstrap)
     await ensure_topics(settings, [TOPIC_EVENTS, TOPIC_DEAD_LETTER])
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    config = consume_config(tmp_path, settings.bootstrap_servers, port)
+    config = kafka_chdb_config(tmp_path, settings.bootstrap_servers, "mcpgw-consume-test",
+                               consumers={"metrics": {"audit_port": port}})
     output = (tmp_path / "consume.log").open("w+")
     process = subprocess.Popen([*mcpgw_argv(), "consume", "audit", "-c", str(config)],  # noqa: ASYNC220 (a daemon)
                                cwd=REPO, stdout=output, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)  # fmt: skip
@@ -93,7 +66,7 @@ async def test_consume_audit_serves_metrics_that_move_with_the_log_and_answers_h
                 except aiohttp.ClientConnectionError:
                     return False
 
-            await until(healthy, 60, "the consumer's /healthz")
+            await wait_for(healthy, 60, "the consumer's /healthz", interval_s=0.1)
             before = await scrape(http, base)
             assert samples(before, "mcpgw_consumer_consumed_total") == {(("consumer", "audit"),): 0.0}
 
@@ -108,7 +81,8 @@ async def test_consume_audit_serves_metrics_that_move_with_the_log_and_answers_h
                         and sum(samples(text, "mcpgw_consumer_committed_offset").values()) == 50
                         and sum(samples(text, "mcpgw_log_end_offset").values()) == 50)
 
-            await until(stored_everything, 60, "the inserted counter, the commits and the log's ends to reach 50")
+            await wait_for(stored_everything, 60, "the inserted counter, the commits and the log's ends to reach 50",
+                           interval_s=0.1)
             after = await scrape(http, base)
             assert samples(after, "mcpgw_consumer_consumed_total") == {(("consumer", "audit"),): 50.0}
             assert samples(after, "mcpgw_consumer_commits_total")[(("consumer", "audit"),)] >= 1
@@ -149,7 +123,7 @@ async def test_off_loopback_metrics_want_the_admin_token_and_healthz_does_not(tm
     metrics = ConsumerMetrics(consumed=7, committed={TopicPartition(TOPIC_EVENTS, 0): 7})
     config = token_config(tmp_path)
     stopped: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-    off_loopback = ConsumerHttp(config, "audit", None, [], lambda: {"audit": metrics}, lambda: [stopped],
+    off_loopback = ConsumerHttp(config, "audit", None, [], lambda: {"audit": metrics}, [stopped],
                                 loopback=False)
     async with served(off_loopback.app()) as base, aiohttp.ClientSession() as http:
         async with http.get(f"{base}/metrics") as response:
@@ -168,6 +142,6 @@ async def test_off_loopback_metrics_want_the_admin_token_and_healthz_does_not(tm
     async with AsyncExitStack() as stack, aiohttp.ClientSession() as http:
         port = free_port()
         [address] = await start_consumer_http(config, "audit", "127.0.0.1", port, None, [],
-                                              lambda: {"audit": metrics}, lambda: [], stack)
+                                              lambda: {"audit": metrics}, [], stack)
         assert address == f"http://127.0.0.1:{port}"
         assert samples(await scrape(http, address), "mcpgw_consumer_commits_total") == {(("consumer", "audit"),): 0.0}

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
 from eventlog.base import TOPIC_DEAD_LETTER, TOPIC_DECISIONS, TOPIC_EVENTS, TOPIC_RISK, TopicPartition
 from eventlog.kafka import KafkaProducer
@@ -19,7 +18,7 @@ from eventlog.kafka_admin import ensure_topics
 from eventlog.kafka_consumer import end_offsets
 from eventlog.kafka_settings import TopicSettings
 from schemas.codec import DecisionCodec, RiskScoreCodec
-from tests.consumers.support import append_events, make_events
+from tests.consumers.support import append_events, kafka_chdb_config, make_events
 from tests.consumers.test_projections import decisions, scores
 from tests.eventlog.kafka_fixture import TansuBroker, kafka_settings, unique
 from tests.support.durable import mcpgw_argv
@@ -50,23 +49,6 @@ async def test_end_offsets_are_where_the_records_end_even_when_tansu_answers_sho
     assert {tp.topic for tp in ends} == {topic, empty}
 
 
-def replay_config(tmp_path: Path, bootstrap: str) -> Path:
-    config: dict[str, Any] = {
-        "auth": "none",
-        "data_dir": str(tmp_path / "data"),
-        "servers": {},
-        "event_log": {"kafka": {
-            "bootstrap_servers": bootstrap, "client_id": "mcpgw-replay-test", "enable_idempotence": False,
-            "request_timeout_ms": 5_000,
-            "consumer": {"session_timeout_ms": 2_000, "heartbeat_interval_ms": 200, "fetch_max_wait_ms": 100},
-        }},
-        "audit_store": {"chdb": {"path": str(tmp_path / "store")}},
-    }
-    path = tmp_path / "gateway.yaml"
-    path.write_text(yaml.safe_dump(config))
-    return path
-
-
 def replay(config: Path) -> dict[str, Any]:
     done = subprocess.run([*mcpgw_argv(), "--log-level", "WARNING", "replay", "-c", str(config)], cwd=REPO,
                           capture_output=True, text=True, timeout=300, stdin=subprocess.DEVNULL)  # fmt: skip
@@ -92,7 +74,7 @@ async def test_a_replay_on_kafka_reads_everything_says_complete_and_a_second_wri
                                                       for d in decisions(DECISIONS)])
     finally:
         await producer.close()
-    config = replay_config(tmp_path, tansu_private.bootstrap)
+    config = kafka_chdb_config(tmp_path, tansu_private.bootstrap, "mcpgw-replay-test")
 
     first = replay(config)
     assert first["complete"] is True, first
