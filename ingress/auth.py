@@ -13,6 +13,19 @@ from urllib.parse import urlsplit
 from ingress.config import ApiKeyAuth, IngressConfig
 
 
+def bearer_token(authorization: str | None) -> str | None:
+    """The token of an `Authorization: Bearer <token>` header (the scheme in any case), else None."""
+    scheme, _, token = (authorization or "").partition(" ")
+    token = token.strip()
+    return token if token and scheme.lower() == "bearer" else None
+
+
+def token_sha256(token: str) -> bytes:
+    """A presented token's SHA-256; header bytes that are not UTF-8 hash as they came (aiohttp's
+    surrogateescape), rather than failing the request."""
+    return hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
+
+
 @dataclass(frozen=True, slots=True)
 class Identity:
     principal: str
@@ -45,10 +58,10 @@ class Authenticator:
             return ANONYMOUS
         if not authorization:
             return AuthFailure("missing bearer token: send Authorization: Bearer <api key>", missing=True)
-        scheme, _, token = authorization.partition(" ")
-        if scheme.lower() != "bearer" or not token.strip():
+        token = bearer_token(authorization)
+        if token is None:
             return AuthFailure("the Authorization header must be 'Bearer <api key>'")
-        identity = self._keys.get(hashlib.sha256(token.strip().encode()).hexdigest())
+        identity = self._keys.get(token_sha256(token).hex())
         if identity is None:
             return AuthFailure("invalid API key")
         return identity

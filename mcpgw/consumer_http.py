@@ -16,7 +16,6 @@ on `consumers.metrics` (host, and `audit_port` or `risk_port`; a port of null: n
 from __future__ import annotations
 
 import asyncio
-import hashlib
 import hmac
 import logging
 import time
@@ -33,6 +32,7 @@ from prometheus_client.registry import Collector
 from consumers.pipeline import ConsumerMetrics
 from eventlog.base import LogUnavailable, TopicPartition
 from eventlog.embedded.log import EmbeddedLog
+from ingress.auth import bearer_token, token_sha256
 from ingress.config import ListenConfig
 from mcpgw.config import GatewayConfig
 from mcpgw.consumer_metrics import ConsumerMetricsCollector
@@ -94,11 +94,11 @@ class ConsumerHttp:
 
     async def metrics(self, request: web.Request) -> web.StreamResponse:
         if self._token_sha256 is not None:
-            token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
-            digest = hashlib.sha256(token.encode("utf-8", "surrogateescape")).digest()
-            if not token or not hmac.compare_digest(digest, self._token_sha256):
+            # The rule of the ingress's /metrics (ingress/http/admin.py), without the audit record.
+            token = bearer_token(request.headers.get("Authorization"))
+            if token is None or not hmac.compare_digest(token_sha256(token), self._token_sha256):
                 return _json({"error": "send Authorization: Bearer <admin token> (the token whose SHA-256 is "
-                                       "admin.token_sha256)"}, 401)
+                                       "admin.token_sha256)"}, 401, {"WWW-Authenticate": 'Bearer realm="mcpgw-admin"'})
         await self._refresh_ends()
         return await self._export(request)
 
@@ -123,8 +123,8 @@ class ConsumerHttp:
             self._ends_read_at = now
 
 
-def _json(data: object, status: int = 200) -> web.Response:
-    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json")
+def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:
+    return web.Response(body=orjson.dumps(data), status=status, content_type="application/json", headers=headers)
 
 
 def listener_port(config: GatewayConfig, role: str) -> int | None:

@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import base64
 import dataclasses
-import hashlib
 import hmac
 import logging
 from decimal import Decimal
@@ -34,6 +33,7 @@ from mcp_types import INVALID_PARAMS, INVALID_REQUEST, PARSE_ERROR
 
 from eventlog.base import LogError
 from ingress.audit_query import AuditQueryRefused, AuditQueryUnavailable
+from ingress.auth import bearer_token, token_sha256
 from ingress.decision_feed import now_us
 from ingress.decision_input import InvalidDecision, decision_json, operator_decision
 from ingress.errors import AUDIT_UNAVAILABLE, UNAUTHENTICATED
@@ -153,14 +153,13 @@ class AdminApi:
         audit = AdminRequest(self.gateway, request, method)
         if self._token_sha256 is None:
             return await audit.refuse(403, DISABLED, Outcome.FORBIDDEN)
-        scheme, _, token = request.headers.get("Authorization", "").partition(" ")
+        token = bearer_token(request.headers.get("Authorization"))
         challenge = {"WWW-Authenticate": 'Bearer realm="mcpgw-admin"'}
-        if scheme.lower() != "bearer" or not token.strip():
+        if token is None:
             return await audit.refuse(401, "missing admin credential: send Authorization: Bearer <admin token> "
                                       "(the token whose SHA-256 is admin.token_sha256)", Outcome.UNAUTHENTICATED,
                                       headers=challenge)
-        digest = hashlib.sha256(token.strip().encode("utf-8", "surrogateescape")).digest()
-        if not hmac.compare_digest(digest, self._token_sha256):
+        if not hmac.compare_digest(token_sha256(token), self._token_sha256):
             return await audit.refuse(401, "the admin token is not valid (its SHA-256 is not admin.token_sha256)",
                                       Outcome.UNAUTHENTICATED, headers=challenge)
         audit.ctx.principal = "admin"

@@ -130,6 +130,11 @@ async def test_off_loopback_metrics_want_the_admin_token_and_healthz_does_not(tm
             assert response.status == 401
         async with http.get(f"{base}/metrics", headers={"Authorization": "Bearer wrong"}) as response:
             assert response.status == 401
+            assert response.headers["WWW-Authenticate"] == 'Bearer realm="mcpgw-admin"'
+        async with http.get(f"{base}/metrics", headers={"Authorization": TOKEN}) as response:
+            assert response.status == 401  # the ingress's rule: the Bearer scheme is required...
+        assert samples(await scrape(http, base, Authorization=f"bearer {TOKEN}"),  # ...in any case
+                       "mcpgw_consumer_consumed_total") == {(("consumer", "audit"),): 7.0}
         text = await scrape(http, base, Authorization=f"Bearer {TOKEN}")
         assert samples(text, "mcpgw_consumer_consumed_total") == {(("consumer", "audit"),): 7.0}
         async with http.get(f"{base}/healthz") as response:

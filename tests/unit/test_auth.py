@@ -58,6 +58,7 @@ def test_api_key_match(header: str, expected: Identity) -> None:
         ("Bearer ALICE-KEY", "invalid API key"),
         (f"Bearer {sha('alice-key')}", "invalid API key"),  # the digest itself is not a key
         ("Bearer alice-key extra", "invalid API key"),
+        ("Bearer alice-\udcff", "invalid API key"),  # a header byte that is not UTF-8, as aiohttp hands it over
     ],
 )
 def test_api_key_failures(header: str | None, fragment: str) -> None:
