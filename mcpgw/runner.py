@@ -15,7 +15,7 @@ from aiohttp import web
 from eventlog.base import LogUnavailable
 from eventlog.embedded.log import LogLocked
 from ingress.gateway import Gateway
-from ingress.http.app import build_app
+from ingress.http.app import build_app, start_runner
 from mcpgw.audit_runtime import RunningConsumer, start_audit_consumer
 from mcpgw.config import GatewayConfig
 from mcpgw.consumer_metrics import ConsumerMetricsCollector, in_process
@@ -44,8 +44,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         if audit is not None or risk is not None:
             gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk)))
         app = build_app(gateway)
-        runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-        await runner.setup()
+        runner = await start_runner(app)
         stack.push_async_callback(runner.cleanup)  # closed before the sink: in-flight calls record
         site = web.TCPSite(runner, config.listen.host, config.listen.port, reuse_address=True)
         await site.start()

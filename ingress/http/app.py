@@ -10,6 +10,7 @@ from prometheus_client.aiohttp import make_aiohttp_handler
 
 from ingress.gateway import Gateway
 from ingress.http.admin import AdminApi
+from ingress.http.hot_routes import route_hot_posts
 from ingress.http.legacy_sse import LegacySseEndpoint
 from ingress.http.mcp_endpoint import McpEndpoint
 from ingress.http.session_streams import SessionStreams
@@ -83,3 +84,12 @@ def build_app(gateway: Gateway) -> web.Application:
     app.on_startup.append(on_startup)
     app.on_cleanup.append(on_cleanup)
     return app
+
+
+async def start_runner(app: web.Application) -> web.AppRunner:
+    """Set up the app's runner, with the two MCP POST routes taken past the router (hot_routes)."""
+    # handler_cancellation: an agent that drops its connection cancels its call.
+    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
+    await runner.setup()
+    route_hot_posts(runner)
+    return runner

@@ -25,7 +25,7 @@ from eventlog.base import TOPIC_DECISIONS
 from eventlog.embedded import EmbeddedLog
 from eventlog.embedded.reader import read_all
 from ingress.gateway import Gateway
-from ingress.http.app import build_app
+from ingress.http.app import build_app, start_runner
 from mcpgw.config import parse_config
 from mcpgw.decisions_runtime import open_gateway_ports
 from mcpgw.sinks import open_event_log
@@ -76,8 +76,7 @@ async def serving(config: dict[str, Any]) -> AsyncIterator[DurableGateway]:
         ports = await open_gateway_ports(parsed, opened.local_log, None, stack)
         gateway = Gateway(parsed, opened.sink, instance, decision_log=ports.decision_log,
                           audit_query=ports.audit_query)
-        runner = web.AppRunner(build_app(gateway), handler_cancellation=True, access_log=None)
-        await runner.setup()  # the decision rebuild happens here, before the site listens
+        runner = await start_runner(build_app(gateway))  # the decision rebuild happens here, before the site listens
         stack.push_async_callback(runner.cleanup)
         await web.TCPSite(runner, "127.0.0.1", parsed.listen.port).start()
         for upstream in gateway.upstreams.values():

@@ -39,7 +39,7 @@ from eventlog.embedded import EmbeddedLog
 from eventlog.embedded.reader import PartitionCursor, read_all
 from ingress.chain import GENESIS, sign_head
 from ingress.gateway import Gateway
-from ingress.http.app import build_app
+from ingress.http.app import build_app, start_runner
 from ingress.sink import EventSink
 from mcpgw.config import GatewayConfig, parse_config
 from mcpgw.sinks import open_sink
@@ -96,8 +96,7 @@ async def durable_gateway(config: dict[str, Any], wait_ready_s: float = 30.0) ->
     async with AsyncExitStack() as stack:
         sink = await open_sink(parsed, instance, stack)
         gateway = Gateway(parsed, sink, instance)
-        runner = web.AppRunner(build_app(gateway), handler_cancellation=True, access_log=None)
-        await runner.setup()
+        runner = await start_runner(build_app(gateway))
         stack.push_async_callback(runner.cleanup)  # closed before the sink, as in serve()
         site = web.TCPSite(runner, parsed.listen.host, parsed.listen.port)
         await site.start()

@@ -14,7 +14,7 @@ from typing import Any
 from aiohttp import web
 
 from ingress.gateway import Gateway
-from ingress.http.app import build_app
+from ingress.http.app import build_app, start_runner
 from ingress.sink import MemoryEventSink
 from mcpgw.config import GatewayConfig, parse_config
 
@@ -71,8 +71,7 @@ async def running_gateway(config: dict[str, Any] | GatewayConfig, wait_ready_s: 
     sink = MemoryEventSink()
     gateway = Gateway(config, sink)
     app = build_app(gateway)
-    runner = web.AppRunner(app, handler_cancellation=True, access_log=None)
-    await runner.setup()
+    runner = await start_runner(app)
     site = web.TCPSite(runner, config.listen.host, config.listen.port)
     await site.start()
     try:
