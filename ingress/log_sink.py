@@ -70,7 +70,11 @@ class LogEventSink:
         try:
             if seal is not None:
                 stamp = chain.stamp_encoded
-                records = [(event_key(event), stamp(event, seal)) for event in batch]
+                # `event_key`, inline (a call per event less), and read before the stamp as there.
+                records = [
+                    ((event.session_id or event.correlation_id or event.stream_id).encode(), stamp(event, seal))
+                    for event in batch
+                ]
             else:
                 records = []
                 for event in batch:

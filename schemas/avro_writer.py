@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import keyword
 import struct
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Mapping, Sequence
 from typing import Any
 
 from schemas.catalog import Schema
@@ -63,11 +63,17 @@ def _varint(n: int) -> bytes:
 
 _SMALL_VARINTS = tuple(_varint(n << 1) for n in range(_SMALL))
 
-# Varint bytes of `z >> 14` by that value, for zigzagged values of 2**21 and more: a varint is its
-# low two 7-bit groups, then the varint of the rest, and the rest of a timestamp in µs changes every
-# 8 ms, of a sequence number every 8192 events. Bounded: emptied when full.
+# Varint bytes of `z >> 14` by that value, for zigzagged values of 2**14 and more: a varint is its
+# low two 7-bit groups (both with the continuation bit), then the varint of the rest, and the rest
+# of a timestamp in µs changes every 8 ms, of a sequence number every 8192 events. Bounded: emptied
+# when full. Only `_long` fills it, with keys of valid longs only (1 to 2**50): the generated code
+# looks a value up here before anything else, and what is not found (negative, too large, new)
+# goes to `_long`.
 _TAILS: dict[int, bytes] = {}
 _TAILS_MAX = 1024
+# Those low two groups, by `z & 0x3FFF`: one index instead of a struct call of four shifts and masks
+# (the multi-digit ints of timestamps make each one cost). About 0.7 MB.
+_LOW_GROUPS = tuple(bytes((i & 0x7F | 0x80, i >> 7 | 0x80)) for i in range(1 << 14))
 
 
 def _long(n: int) -> bytes:
@@ -75,16 +81,14 @@ def _long(n: int) -> bytes:
         if n < _SMALL:
             return _SMALL_VARINTS[n]
         z = n << 1
-        if z < 1 << 21:
-            if z < 1 << 14:
-                return _PACK2(z & 0x7F | 0x80, z >> 7)
-            return _PACK3(z & 0x7F | 0x80, z >> 7 & 0x7F | 0x80, z >> 14)
+        if z < 1 << 14:
+            return _PACK2(z & 0x7F | 0x80, z >> 7)
         tail = _TAILS.get(z >> 14)
         if tail is None:
             if len(_TAILS) >= _TAILS_MAX:
                 _TAILS.clear()
             tail = _TAILS[z >> 14] = _varint(z >> 14)
-        return _PACK2(z & 0x7F | 0x80, z >> 7 & 0x7F | 0x80) + tail
+        return _LOW_GROUPS[z & 0x3FFF] + tail
     if not isinstance(n, int):  # bool is an int to Avro writers too
         raise TypeError(f"{n!r} is not an integer")
     if not _LONG_MIN <= n <= _LONG_MAX:
@@ -126,9 +130,15 @@ def _fixed(size: int) -> Callable[[bytes], bytes]:
     return write
 
 
-def _enum(symbols: Sequence[str]) -> dict[str, bytes]:
-    # Keyed by symbol: a StrEnum member hashes and compares as its value, so both look up.
-    return {symbol: _SMALL_VARINTS[i] if i < _SMALL else _varint(i << 1) for i, symbol in enumerate(symbols)}
+def _enum(symbols: Sequence[str], keys: Collection[str] = ()) -> dict[str, bytes]:
+    # Keyed by symbol: a StrEnum member hashes and compares as its value, so both look up. A member
+    # given in `keys` is the key itself: found by identity, it skips the string comparison (a
+    # member is not an exact str, so that costs a rich compare call: ~35 ns a lookup).
+    by_value = {str.__str__(k): k for k in keys if isinstance(k, str)}
+    return {
+        by_value.get(symbol, symbol): _SMALL_VARINTS[i] if i < _SMALL else _varint(i << 1)
+        for i, symbol in enumerate(symbols)
+    }
 
 
 # Types written by one call of the helper bound to this name in the generated code's namespace.
@@ -152,7 +162,7 @@ class _Codegen:
         self.env: dict[str, Any] = {
             "_long": _long, "_int": _int, "_string": _string, "_bytes": _bytes,
             "_double": _DOUBLE, "_float": _FLOAT, "_sv": _SMALL_VARINTS,
-            "_sc": cache, "_remember": remember,
+            "_sc": cache, "_remember": remember, "_tl": _TAILS, "_lg": _LOW_GROUPS,
         }  # fmt: skip
 
     def helper(self, value: Any) -> str:
@@ -160,11 +170,11 @@ class _Codegen:
         self.env[name] = value
         return name
 
-    def expr(self, field_type: Any, var: str, repeated: bool = False) -> str:
+    def expr(self, field_type: Any, var: str, repeated: bool = False, enum_keys: Collection[str] = ()) -> str:
         t = field_type
         if isinstance(t, dict) and t.get("type") in ("enum", "fixed"):
             if t["type"] == "enum":
-                return f"{self.helper(_enum(t['symbols']))}[{var}]"
+                return f"{self.helper(_enum(t['symbols'], enum_keys))}[{var}]"
             return f"{self.helper(_fixed(int(t['size'])))}({var})"
         if isinstance(t, dict):
             t = t["type"]  # a primitive with attributes (logicalType dropped by the codec, or kept: same wire)
@@ -175,7 +185,7 @@ class _Codegen:
                 null_index = t.index("null")
                 other_index = 1 - null_index
                 other = t[other_index]
-                inner = self.expr(other, var, repeated)
+                inner = self.expr(other, var, repeated, enum_keys)
                 null_bytes, other_bytes = _SMALL_VARINTS[null_index], _SMALL_VARINTS[other_index]
                 return f"({null_bytes!r} if {var} is None else {other_bytes!r} + {inner})"
             raise UnsupportedSchema(f"union {t!r}: only null plus one type")
@@ -189,7 +199,15 @@ class _Codegen:
             return (f"(b'\\x00' if {var} == '' else _sv[_n] + _u if type({var}) is str and "
                     f"(_n := len(_u := {var}.encode())) < {_SMALL} else _string({var}))")
         if t == "long":
-            return f"(_sv[{var}] if type({var}) is int and 0 <= {var} < {_SMALL} else _long({var}))"
+            # Small values from the table; larger ones (timestamps, sequence numbers) from the two
+            # tables `_long` uses, inline while their tail is known, else through `_long` (which
+            # refuses what is not a long, and learns the tail).
+            return (f"(_sv[{var}] if type({var}) is int and 0 <= {var} < {_SMALL} else _lg[_z & 16383] + _t "
+                    f"if type({var}) is int and (_t := _tl.get((_z := {var} << 1) >> 14)) is not None "
+                    f"else _long({var}))")
+        if t == "bytes":
+            return (f"(_sv[_n] + {var} if type({var}) is bytes and (_n := len({var})) < {_SMALL} "
+                    f"else _bytes({var}))")
         if t == "boolean":
             return f"(b'\\x01' if {var} else b'\\x00')"
         if t in _WRITER_CALLS:
@@ -212,10 +230,14 @@ class RecordWriter:
 
     `attributes`: the attribute of an object holding each field, in schema order; with `split_at`,
     `split_object` then reads the object's attributes itself (no tuple of ~40 values in between).
+
+    `enum_keys`: per enum field, the values it is usually given (a `StrEnum`'s members): looked up
+    faster than other strings of the same symbols, which still work.
     """
 
     def __init__(self, schema: Schema, split_at: str | None = None, repeated: Collection[str] = (),
-                 attributes: Sequence[str] | None = None) -> None:
+                 attributes: Sequence[str] | None = None,
+                 enum_keys: Mapping[str, Collection[str]] | None = None) -> None:
         if schema.get("type") != "record":
             raise UnsupportedSchema("not a record schema")
         fields = schema["fields"]
@@ -226,7 +248,9 @@ class RecordWriter:
             raise ValueError("attributes: one identifier per field")
         gen = _Codegen()
         names = [f"v{i}" for i in range(len(fields))]
-        exprs = [gen.expr(f["type"], name, f["name"] in repeated) for f, name in zip(fields, names, strict=True)]
+        keys = enum_keys or {}
+        exprs = [gen.expr(f["type"], name, f["name"] in repeated, keys.get(f["name"], ()))
+                 for f, name in zip(fields, names, strict=True)]
         unpack = f"({', '.join(names)},) = values"
         source = [f"def write(values):\n    {unpack}\n    return b''.join(({', '.join(exprs)},))\n"]
         self.split_at = split_at

@@ -210,6 +210,8 @@ class RecordFields(Generic[T]):
             for n in names
             if isinstance(hints[n], type) and issubclass(hints[n], Enum)
         )
+        # Per enum field (Avro name), the members a writer is given: see `RecordWriter`'s `enum_keys`.
+        self.enum_members: dict[str, tuple[Any, ...]] = {avro: tuple(members.values()) for avro, members in self._enums}
         self._back = tuple((avro, py) for py, avro in self.renames.items())
         self._positional = not any(f.kw_only for f in dataclasses.fields(cls))  # type: ignore[arg-type]
 
@@ -322,7 +324,8 @@ def _writer_for(schema: Schema, fields: RecordFields[Any], split_at: str | None,
     """A generated writer taking the dataclass's values as they come, if the schema allows one."""
     try:
         writer = RecordWriter(catalog.without_logical_types(schema), split_at=split_at, repeated=repeated,
-                              attributes=fields.names if len(fields.names) == len(schema["fields"]) else None)
+                              attributes=fields.names if len(fields.names) == len(schema["fields"]) else None,
+                              enum_keys=fields.enum_members)
     except UnsupportedSchema:
         return None
     return writer if writer.fields == fields.avro_names else None

@@ -111,6 +111,46 @@ def test_longs_sharing_cached_high_groups_write_what_fastavro_writes() -> None:
     assert 0 < len(avro_writer._TAILS) <= avro_writer._TAILS_MAX
 
 
+def test_longs_written_again_once_their_high_groups_are_known_are_written_as_fastavro_writes_them() -> None:
+    """The generated code writes a long whose high groups `_long` has seen inline; values it must
+    refuse or whose tail is not known still go through `_long`, also when a neighbour's tail is known."""
+    schema = {"type": "record", "name": "L", "fields": [{"name": "n", "type": ["null", "long"]}]}
+    parsed = parse_schema(schema)
+    writer = RecordWriter(schema)
+    ts = 1_795_297_054_722_622
+    edges = [(1 << k) + d for k in range(11, 63) for d in (-1, 0, 1)]
+    numbers = [*edges, *range(8180, 8200), *range(ts - 50, ts + 50), None]
+    for n in [*numbers, *numbers, *(-n for n in edges)]:  # the second round finds the tails known
+        out = BytesIO()
+        schemaless_writer(out, parsed, {"n": n})
+        assert writer.write((n,)) == out.getvalue(), n
+    for refused in (1 << 63, 1 << 64, -(1 << 63) - 1, (ts << 14) + 1, 1.5, "7"):
+        with pytest.raises((TypeError, ValueError, OverflowError)):
+            writer.write((refused,))
+
+
+def test_payload_bytes_of_any_buffer_type_are_written_as_fastavro_writes_them() -> None:
+    event = gateway_events()[1]
+    writer = RecordWriter(SCHEMA)
+    for size in (0, 1, 127, 128, 4095, 4096, 5000):
+        data = bytes(range(256)) * (size // 256) + bytes(size % 256)
+        for value in (data, bytearray(data), memoryview(data)):
+            assert writer.write(FIELDS.values(replace(event, payload=value))) == fastavro_body(  # type: ignore[arg-type]
+                replace(event, payload=data))
+
+
+def test_enum_members_given_as_keys_write_the_same_bytes_and_plain_symbols_still_work() -> None:
+    writer = RecordWriter(SCHEMA, enum_keys=FIELDS.enum_members)
+    assert set(FIELDS.enum_members) == {"event_type", "kind", "direction", "outcome", "audit_mode"}
+    rng = random.Random(13)
+    for event in [*gateway_events(), *(random_event(rng) for _ in range(200))]:
+        assert writer.write(FIELDS.values(event)) == fastavro_body(event)
+        plain = replace(event, kind=str(event.kind.value), outcome=str(event.outcome.value))  # type: ignore[arg-type]
+        assert writer.write(FIELDS.values(plain)) == fastavro_body(event)
+    with pytest.raises(KeyError):
+        writer.write(FIELDS.values(replace(gateway_events()[0], outcome="unheard-of")))  # type: ignore[arg-type]
+
+
 def test_strings_of_repeated_fields_come_from_the_cache_byte_for_byte() -> None:
     strings = [f["name"] for f in SCHEMA["fields"] if f["type"] == "string"]
     writer = RecordWriter(SCHEMA, repeated=strings)
