@@ -23,7 +23,8 @@ from typing import NamedTuple
 
 from schemas.events import GatewayEvent
 from schemas.jsonpath import JsonPath
-from schemas.redaction import redact_payload
+from schemas.redaction import redact_scanned
+from schemas.secrets import may_hold_secret, may_name_secret, patterns_in
 
 DEFAULT_MAX_BYTES = 1 << 20
 DEFAULT_PREFIX_BYTES = 64 << 10
@@ -76,7 +77,15 @@ def payload_columns(raw: bytes, policy: PayloadPolicy = DEFAULT_POLICY) -> tuple
     """`prepare_payload` as a plain tuple, for callers that unpack it at once (the recorder, four
     times per tool call): a NamedTuple's `__new__` is a Python frame of its own."""
     # Redact the whole before cutting: paths need the parse, and a cut could split a secret.
-    full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
+    # `redact_payload(raw, paths, patterns=policy.patterns)` with its prescan (`secret_prescan`) taken
+    # apart: two frames less for the usual message, with no anchor and no configured path.
+    paths = policy.compiled_paths
+    if policy.patterns and may_hold_secret(raw):
+        full, redactions = redact_scanned(raw, paths, patterns_in(raw), may_name_secret(raw))
+    elif paths:
+        full, redactions = redact_scanned(raw, paths, (), False)
+    else:
+        full, redactions = raw, 0  # nothing to look for: what `redact_payload` answers
     digest = _sha256(full).hexdigest()
     if len(full) <= policy.max_bytes:
         return full, digest, len(full), redactions, False

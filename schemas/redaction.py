@@ -43,6 +43,7 @@ __all__ = [
     "is_secret_key",
     "redact_headers",
     "redact_payload",
+    "redact_scanned",
     "redact_text",
 ]
 
@@ -61,6 +62,14 @@ def redact_payload(raw: bytes, json_paths: Sequence[JsonPath] = (), *, patterns:
     `patterns=False` turns off the secret-pattern and secret-key rules; paths still apply.
     """
     active, keys = secret_prescan(raw) if patterns else ((), False)
+    return redact_scanned(raw, json_paths, active, keys)
+
+
+def redact_scanned(
+    raw: bytes, json_paths: Sequence[JsonPath], active: Sequence[SecretPattern], keys: bool
+) -> tuple[bytes, int]:
+    """`redact_payload`, given what its prescan found in `raw`: `secret_prescan(raw)`, or `((), False)`
+    with the pattern and key rules off."""
     if not json_paths and not active and not keys:
         return raw, 0
     try:

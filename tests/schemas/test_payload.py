@@ -8,7 +8,8 @@ import json
 import pytest
 
 from schemas.events import Direction, EventType, GatewayEvent, Kind
-from schemas.payload import DEFAULT_MAX_BYTES, DEFAULT_POLICY, PayloadPolicy, prepare_payload
+from schemas.payload import DEFAULT_MAX_BYTES, DEFAULT_POLICY, PayloadPolicy, payload_columns, prepare_payload
+from schemas.redaction import redact_payload
 
 
 def test_defaults() -> None:
@@ -94,3 +95,34 @@ def test_apply_to_an_event() -> None:
     p.apply_to(event)
     assert (event.payload, event.payload_sha256, event.payload_size, event.redactions, event.payload_truncated) == (
         p.stored, p.sha256, p.size, 1, False)
+
+
+_MESSAGES = [
+    b'{"jsonrpc":"2.0","id":1,"result":{}}',
+    b'{"jsonrpc":"2.0","id":7,"method":"tools/call","params":{"name":"echo","arguments":{"message":"hi"},'
+    b'"_meta":{"progressToken":3}}}',
+    b'{"params":{"password":"hunter2","note":"Bearer abcdef0123456789xyz"}}',
+    b'{"params":{"arguments":{"text":"sk-abcdefghijklmnopqrstuvwxyz012345 and AKIAABCDEFGHIJKLMNOP"}}}',
+    b'{"params":{"arguments":{"token":{"type":"string"},"clientSecret":42,"key":"\\u0041"}}}',
+    b'{"params":{"arguments":{"password":"x"}}, "broken',
+    b"not json at all: Authorization: Bearer abc.def-ghi_jkl012345",
+    b'[{"jsonrpc":"2.0","id":1,"method":"x","params":{"api_key":"v"}},{"jsonrpc":"2.0","id":2,"result":"eyJ"}]',
+    b"",
+]
+
+
+@pytest.mark.parametrize("policy", [
+    DEFAULT_POLICY, PayloadPolicy(patterns=False), PayloadPolicy(json_paths=("params.arguments.message",)),
+    PayloadPolicy(patterns=False, json_paths=("params.arguments.message", "params.password")),
+    PayloadPolicy(max_bytes=40, prefix_bytes=16),
+], ids=["default", "patterns-off", "paths", "paths-only", "small"])  # fmt: skip
+def test_payload_columns_are_redact_payload_hashed_and_cut(policy: PayloadPolicy) -> None:
+    """The columns follow their definition (module docstring) for messages with and without secrets."""
+    for raw in _MESSAGES:
+        full, redactions = redact_payload(raw, policy.compiled_paths, patterns=policy.patterns)
+        stored = full if len(full) <= policy.max_bytes else full[: policy.prefix_bytes]
+        expected = (stored, hashlib.sha256(full).hexdigest(), len(full), redactions, len(full) > policy.max_bytes)
+        got = payload_columns(raw, policy)
+        assert got == expected, raw
+        if not redactions:
+            assert got[0] is raw or len(full) > policy.max_bytes
