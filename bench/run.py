@@ -23,7 +23,8 @@ charge that CPU to the gateway. It waits for /readyz, then alternates rounds ove
 gateway's CPU per call comes from its threads' on-CPU time (schedstat) around each round (the
 upstream's around every round, the broker's too). With the embedded log, each round also reads
 the frames appended to the log and counts the events and the flushes that wrote them (see
-`LogProbe`), so events per fsync shows how well group commit shares flushes. Before the rounds,
+`LogProbe`), so events per fsync shows how well group commit shares flushes, and after each c=1
+round it measures the disk's write+fdatasync floor on the same filesystem (`bench/disk_floor.py`). Before the rounds,
 on the fresh gateway, 1,000 idle legacy sessions (initialize + initialized, kept open; then each
 with a GET stream) measure its RSS growth.
 
@@ -57,6 +58,7 @@ from typing import Any
 
 import aiohttp
 
+from bench.disk_floor import write_fdatasync_ms
 from bench.loadgen import (
     ACCEPT,
     LEGACY_VERSION,
@@ -340,6 +342,8 @@ class Setup:
     event_log: str = "memory"
     broker_pid: int | None = None
     probe: LogProbe | None = None
+    floor_dir: Path | None = None  # embedded: where to measure the disk's write+fdatasync floor
+    floor_ms: list[float] = field(default_factory=list)  # its median after each c=1 round
 
     @property
     def gateway(self) -> str:
@@ -520,6 +524,10 @@ async def measure_rounds(
                 )
                 if result.errors:
                     say(f"  ! {t.key} c={c}: {result.errors} errors, first: {result.first_error}")
+            if c == 1 and setup.floor_dir is not None:
+                # Outside every CPU window, after the round: the same disk, the same minute.
+                setup.floor_ms.append(await asyncio.to_thread(write_fdatasync_ms, setup.floor_dir))
+                line.append(f"disk write+fdatasync p50 {setup.floor_ms[-1]:.3f}ms")
             say(f"round {r + 1}/{plan.rounds} c={c}: " + " | ".join(line))
     return rounds, cells
 
@@ -897,6 +905,16 @@ def render(report: dict[str, Any]) -> str:
             parts.append(f"broker CPU {cell['broker_cpu_ms_per_call']:.3f} ms per call")
         if parts:
             log_lines.append(f"  - {labels[cell['target']]}, c={cell['concurrency']}: {', '.join(parts)}")
+    floor = report.get("disk_floor")
+    if floor:
+        rounds = ", ".join(f"{f:.2f}" for f in floor["per_round_ms"])
+        beyond = ", ".join(f"{labels[k].split(' (')[0]} {_f(v, 2, True)} ms" for k, v in floor["beyond_two_ms"].items())
+        log_lines.append(
+            f"- The disk's floor, measured after every c=1 round on the same filesystem (`bench/disk_floor.py`: "
+            f"one hop's 1.6 KB written into preallocated space + fdatasync, 100 times, 1 ms apart): median "
+            f"**{floor['median_ms']:.3f} ms** (rounds: {rounds}). A strict call at c=1 waits for two in series; "
+            f"its Δp50 beyond them (per round, median): {beyond}."
+        )
     ratio_lines = []
     for cell in report["cells"]:
         if cell.get("p50_ratio") and cell.get("gateway_cpu_vs_direct_upstream"):
@@ -1123,6 +1141,7 @@ async def run_all(
         )
         if args.event_log == "embedded":
             setup.probe = LogProbe(data_dir / "log")
+            setup.floor_dir = data_dir
         paths = targets(setup, plan)
         if args.pin:
             say(f"pinned: {pin_apart(setup)}")
@@ -1174,8 +1193,20 @@ async def run_all(
         "environment": env,
         "gateway_config": config,
         "profile": {k: v for k, v in profile.items() if k != "summary"} if profile else None,
+        "disk_floor": disk_floor(setup.floor_ms, cells) if setup.floor_ms else None,
     }
     return report
+
+
+def disk_floor(floor_ms: list[float], cells: dict[tuple[str, int], Cell]) -> dict[str, Any]:
+    """Each c=1 round's write+fdatasync median, and each gateway path's Δp50 beyond two of them."""
+    direct = cells[("direct", 1)].round_p50s
+    beyond: dict[str, float] = {}
+    for (key, c), cell in cells.items():
+        if c == 1 and key != "direct":
+            per_round = [g - d - 2 * f for g, d, f in zip(cell.round_p50s, direct, floor_ms, strict=False)]
+            beyond[key] = statistics.median(per_round)
+    return {"per_round_ms": floor_ms, "median_ms": statistics.median(floor_ms), "beyond_two_ms": beyond}
 
 
 def main(argv: list[str] | None = None) -> int:
