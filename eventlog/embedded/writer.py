@@ -16,14 +16,18 @@ The loop side is plain callbacks, not a task: an append schedules the flush (two
 later, so appends made in the same pass and the next share it: see `_gather`); the flush runs
 there or goes to the thread, which hands the outcome back with `call_soon_threadsafe`; then the
 appenders are settled and the next flush scheduled. One exception: an append that finds the
-writer idle for longer than the last flush took, when that flush carried a single append (one
-caller at a time, as at concurrency 1: there is nobody to group with), is flushed inline at once,
-inside `submit`, and settled before `submit` returns, so its caller finds its future done and
-does not sleep: that saves the loop passes before the flush and the one resuming the caller.
-Appends arriving closer together than a flush takes are scheduled as above and share flushes, and
-so is a lone append after a shared flush: under load a quiet moment is short, and flushing alone
-the first append after it cost a flush for one append (15% of the flushes at concurrency 16;
-gathered instead: 5.4 -> 5.9 appends per flush, 4-6% less gateway CPU per call).
+writer idle when the last two flushes each carried a single append (one caller at a time, as at
+concurrency 1: there is nobody to group with) is flushed inline at once, inside `submit`, and
+settled before `submit` returns, so its caller finds its future done and does not sleep: that
+saves the loop passes before the flush and the one resuming the caller. A lone append after a
+shared flush is scheduled as above: under load a quiet moment is short, and flushing alone the
+first append after it cost a flush for one append (15% of the flushes at concurrency 16; gathered
+instead: 5.4 -> 5.9 appends per flush, 4-6% less gateway CPU per call). Two lone flushes in a row
+rather than one, and no test of how long the writer has been idle: at concurrency 1 a call's
+second append comes an upstream round trip after its first flush, often sooner than a flush
+takes, and "idle for longer than the last flush took" sent 8-47% of those appends (by the host's
+load) through the gathering passes for nobody to gather; one lone flush alone let 2-3 times as many
+appends at concurrency 16 be flushed alone.
 
 Failure is fail-closed: every appender of a failed flush gets `LogUnavailable`. A failed *write*
 (e.g. disk full) is rolled back by truncating the files to their pre-flush size, after which the
@@ -100,9 +104,7 @@ class GroupCommitWriter:
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: FlushThread | None = None
         self._busy = False  # a flush is scheduled or under way
-        self._idle_since = 0.0  # perf_counter when the writer last went idle
-        self._last_flush_s = 0.0  # how long the last inline write+fsync took
-        self._last_appends = 1  # how many appends the last flush carried
+        self._lone_flushes = 2  # consecutive flushes that carried a single append (2: as many as it takes)
         self._inline = limits.inline_flush_max_s is not None  # where the next flush's write+fsync runs
         self._closing = False
         self._drained: asyncio.Future[None] | None = None
@@ -157,8 +159,8 @@ class GroupCommitWriter:
         self._pending_bytes += nbytes
         if not self._busy:
             self._busy = True
-            if self._inline and self._last_appends == 1 and time.perf_counter() - self._idle_since > self._last_flush_s:
-                # Idle for longer than a flush takes: nobody to wait for (see the module doc).
+            if self._inline and self._lone_flushes >= 2:
+                # One caller at a time: nobody to wait for (see the module doc).
                 self._next()
             else:
                 self._loop.call_soon(self._gather)
@@ -189,12 +191,11 @@ class GroupCommitWriter:
         """Start a flush of what is queued, or go idle."""
         if not self._queue:
             self._busy = False
-            self._idle_since = time.perf_counter()
             if self._drained is not None and not self._drained.done():
                 self._drained.set_result(None)
             return
         batch = self._take()
-        self._last_appends = len(batch)
+        self._lone_flushes = self._lone_flushes + 1 if len(batch) == 1 else 0
         try:
             self._start(batch)
         except Exception as exc:  # a bug here must not leave appends waiting forever
@@ -265,25 +266,22 @@ class GroupCommitWriter:
                     next_offset[p] += 1
             jobs = [job(p, b"".join(chunks[p])) for p in touched]
             ends = [next_offset[p] for p in touched]
-        done = functools.partial(self._flushed, batch, touched, jobs, ends)
         if self._inline:
             try:
                 elapsed, error = write_and_sync(jobs), None
             except BaseException as exc:  # as on the thread: the outcome decides, `_flushed` fails closed
                 elapsed, error = None, exc
-            done(elapsed, error)
+            self._flushed(batch, touched, jobs, ends, elapsed, error)
             return
         assert self._thread is not None
         self.stats.thread_flushes += 1
-        self._thread.submit(write_and_sync, jobs, done)
+        self._thread.submit(write_and_sync, jobs, functools.partial(self._flushed, batch, touched, jobs, ends))
 
     def _flushed(self, batch: list[_Append], touched: list[PartitionLog], jobs: list[Job],
                  ends: list[int], elapsed: float | None, error: BaseException | None) -> None:
         bound = self._limits.inline_flush_max_s
         if bound is not None:
             inline = elapsed is not None and elapsed < bound
-            if elapsed is not None:
-                self._last_flush_s = elapsed
             if inline != self._inline:
                 log.debug("event log: flushes now run on the %s (the last write+fsync took %s)",
                          "event loop" if inline else "flush thread",

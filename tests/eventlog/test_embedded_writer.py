@@ -224,3 +224,34 @@ async def test_after_a_shared_flush_a_lone_append_is_gathered_not_flushed_alone(
         assert await settled[b"d"] is None
         assert log.stats.flushes == 3
         assert await values(log, "g") == [b"a", b"b", b"c", b"d"]
+
+
+async def test_one_caller_at_a_time_is_flushed_at_once_however_soon_it_comes_back(tmp_path: Path) -> None:
+    # At concurrency 1 a call's next append comes an upstream round trip after its last flush, often
+    # sooner than a flush takes: two lone flushes in a row say nobody else is appending.
+    async with EmbeddedLog(tmp_path, limits=LogLimits(inline_flush_max_s=60.0)) as log:
+        await log.create_topic("t")
+        producer = log.producer()
+        loop = asyncio.get_running_loop()
+        settled = {v: loop.create_future() for v in (b"a", b"b", b"c", b"d", b"e", b"f")}
+
+        def submit(value: bytes) -> None:
+            assert producer.submit_batch("t", [(b"k", value)], settled[value].set_result)
+
+        submit(b"a")
+        submit(b"b")  # shares the next flush with "c"
+        submit(b"c")
+        await asyncio.gather(settled[b"b"], settled[b"c"])
+        await asyncio.sleep(0)  # the writer goes idle (one loop pass after its last flush)
+        submit(b"d")
+        assert not settled[b"d"].done(), "after a shared flush a lone append is gathered"
+        await settled[b"d"]
+        await asyncio.sleep(0)
+        submit(b"e")
+        assert not settled[b"e"].done(), "one lone flush is not yet one caller at a time"
+        await settled[b"e"]
+        await asyncio.sleep(0)
+        submit(b"f")
+        assert settled[b"f"].done(), "after two lone flushes an append is flushed inside submit"
+        assert log.stats.flushes == 5
+        assert await values(log, "g") == [b"a", b"b", b"c", b"d", b"e", b"f"]
