@@ -103,7 +103,9 @@ class Deadline:
         self.expired = False
 
     def __enter__(self) -> Deadline:
-        task = asyncio.current_task()
+        # The loop passed in: without it asyncio looks the running loop up, which on Python 3.11
+        # costs a getpid() system call per call.
+        task = asyncio.current_task(self._watch._loop)
         if task is None:
             raise RuntimeError("a Deadline must be used inside a task")
         self._task = task
