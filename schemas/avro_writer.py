@@ -142,7 +142,7 @@ def _enum(symbols: Sequence[str], keys: Collection[str] = ()) -> dict[str, bytes
 
 
 # Types written by one call of the helper bound to this name in the generated code's namespace.
-_WRITER_CALLS = {"int": "_int", "bytes": "_bytes", "double": "_double", "float": "_float"}
+_WRITER_CALLS = {"int": "_int", "double": "_double", "float": "_float"}
 
 
 class _Codegen:
