@@ -60,7 +60,7 @@ async def start_audit_consumer(config: GatewayConfig, local_log: EmbeddedLog | N
     consumer: Consumer
     dlq: Producer
     rebalance = Rebalance()
-    kafka = config.event_log.kafka if config.event_log is not None else None
+    kafka = config.kafka
     if kafka is not None:
         consumer = KafkaConsumer(kafka, group, [TOPIC_EVENTS], on_revoke=rebalance)
         dlq = KafkaProducer(kafka)

@@ -140,7 +140,7 @@ async def _replay(config: GatewayConfig) -> int:
     groups of their own until each has committed through where its topics ended when the replay
     started (on the embedded log or on Kafka alike)."""
     async with AsyncExitStack() as stack:
-        kafka = config.event_log.kafka if config.event_log is not None else None
+        kafka = config.kafka
         local = await _local_log(config, stack)
         run_id = uuid.uuid4().hex[:12]
         ends = await end_offsets(kafka, local, [TOPIC_EVENTS, *(spec.topic for spec in PROJECTION_SPECS)])
@@ -159,7 +159,7 @@ async def _replay(config: GatewayConfig) -> int:
 
 
 async def _local_log(config: GatewayConfig, stack: AsyncExitStack) -> EmbeddedLog | None:
-    if config.event_log is not None and config.event_log.kafka is not None:
+    if config.kafka is not None:
         return None
     embedded = config.event_log.embedded if config.event_log is not None and config.event_log.embedded else None
     local = embedded_log(Path(config.data_dir) / "log", embedded or EmbeddedLogConfig())

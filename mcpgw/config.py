@@ -105,6 +105,11 @@ class GatewayConfig(IngressConfig):
     # The standalone consumers' own settings (`mcpgw consume audit|risk`).
     consumers: ConsumersConfig = ConsumersConfig()
 
+    @property
+    def kafka(self) -> KafkaSettings | None:
+        """The Kafka event log's settings; None on the embedded or in-memory log."""
+        return self.event_log.kafka if self.event_log is not None else None
+
 
 @dataclass(frozen=True)
 class ConfigProblem:

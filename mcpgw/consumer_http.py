@@ -65,7 +65,7 @@ class ConsumerHttp:
     def __init__(self, config: GatewayConfig, role: str, local_log: EmbeddedLog | None, topics: Sequence[str],
                  consumers: Callable[[], Mapping[str, ConsumerMetrics]],
                  tasks: Sequence[asyncio.Future[None]], *, loopback: bool) -> None:
-        self._kafka = config.event_log.kafka if config.event_log is not None else None
+        self._kafka = config.kafka
         self._local_log = local_log
         self._topics = list(topics)
         self._role = role

@@ -73,8 +73,7 @@ def store_query(store: AuditStore) -> AuditQuery:
 async def open_decision_log(config: GatewayConfig, local_log: EmbeddedLog | None,
                             stack: AsyncExitStack) -> DecisionLog | None:
     """The decision log for the configured event log; `stack` closes what it opened."""
-    event_log = config.event_log
-    kafka = event_log.kafka if event_log is not None else None
+    kafka = config.kafka
     if kafka is not None:
         producer = KafkaProducer(kafka)  # connects on first use, so a broker outage at start is not fatal here
         stack.push_async_callback(producer.close)

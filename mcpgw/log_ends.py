@@ -43,7 +43,7 @@ def of_topic(ends: Ends, topic: str) -> dict[TopicPartition, int]:
 def reached(metrics: ConsumerMetrics, ends: Ends) -> bool:
     """The consumer has committed through `ends` (an empty partition needs no commit)."""
     committed = metrics.committed
-    return all(committed.get(TopicPartition(tp.topic, tp.partition), 0) >= end for tp, end in ends.items() if end)
+    return all(committed.get(tp, 0) >= end for tp, end in ends.items() if end)
 
 
 async def committed_through(metrics: ConsumerMetrics, ends: Ends, timeout_s: float,

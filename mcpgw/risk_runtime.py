@@ -80,7 +80,7 @@ def risk_kafka_settings(kafka: KafkaSettings) -> KafkaSettings:
 async def start_risk(config: GatewayConfig, local_log: EmbeddedLog | None, stack: AsyncExitStack, *,
                      projections: bool = True) -> RunningRisk:
     """Start the risk consumer (and, with `projections`, the store projections); the stack stops them."""
-    kafka = config.event_log.kafka if config.event_log is not None else None
+    kafka = config.kafka
     if kafka is None and local_log is None:
         raise RuntimeError("the risk consumer needs the embedded log or Kafka (event_log: memory has no consumers)")
     producer = await _producer(kafka, local_log, stack)
