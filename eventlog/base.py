@@ -14,9 +14,10 @@ Errors (one small tree):
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 TOPIC_EVENTS = "mcp.events"
 TOPIC_RISK = "mcp.risk"
@@ -76,6 +77,18 @@ class SubmittingProducer(Protocol):
 
     def submit_batch(self, topic: str, records: Sequence[tuple[bytes | None, bytes]],
                      settle: Callable[[LogError | None], None]) -> bool: ...
+
+
+def settle_future(future: asyncio.Future[Any], answer: Any) -> None:
+    """Resolve `future` with `answer` (raised when it is an exception), unless it is already done
+    (its awaiter was cancelled): as `functools.partial(settle_future, future)`, a `settle` callback
+    for a caller that awaits the outcome."""
+    if future.done():
+        return
+    if isinstance(answer, BaseException):
+        future.set_exception(answer)
+    else:
+        future.set_result(answer)
 
 
 class Consumer(Protocol):

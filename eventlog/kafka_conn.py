@@ -43,6 +43,7 @@ from aiokafka.errors import (  # type: ignore[import-untyped]
 )
 from aiokafka.protocol.admin import ApiVersionRequest_v0, ApiVersionResponse_v0  # type: ignore[import-untyped]
 
+from eventlog.base import settle_future
 from eventlog.kafka_wire import (
     MAX_VERSION,
     MIN_VERSION,
@@ -217,16 +218,6 @@ def _decode_versions(data: bytes, start: int, end: int) -> dict[int, tuple[int, 
         error: BaseException = for_code(answer.error_code)()
         return error  # settles the handshake with it
     return {api_key: (low, high) for api_key, low, high in answer.api_versions}
-
-
-def settle_future(future: asyncio.Future[Any], answer: Any) -> None:
-    """Resolve `future` with `answer` (raised when it is an exception), unless it is already done."""
-    if future.done():
-        return
-    if isinstance(answer, BaseException):
-        future.set_exception(answer)
-    else:
-        future.set_result(answer)
 
 
 async def connect(node: int, host: str, port: int, ssl: Any, client_id: bytes, timeout_s: float,

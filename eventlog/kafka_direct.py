@@ -44,8 +44,8 @@ from aiokafka.record.default_records import (  # type: ignore[import-untyped]
     DefaultRecordBatchBuilder,
 )
 
-from eventlog.base import LogUnavailable
-from eventlog.kafka_conn import LeaderLinks, settle_future
+from eventlog.base import LogUnavailable, settle_future
+from eventlog.kafka_conn import LeaderLinks
 from eventlog.kafka_settings import KafkaSettings
 from eventlog.kafka_wire import AiokafkaLinks, key_partition
 

@@ -75,7 +75,7 @@ def key_partition(key: bytes, ordered: Sequence[int]) -> int:
 
 
 class WireError(Exception):
-    """A produce response that does not parse (raised in aiokafka's reader, which closes the connection)."""
+    """A produce response that does not parse (raised in the connection's reader, which closes the connection)."""
 
 
 def produce_version(versions: dict[int, tuple[int, int]]) -> int | None:

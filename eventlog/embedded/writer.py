@@ -59,7 +59,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
-from eventlog.base import LogError, LogUnavailable
+from eventlog.base import LogError, LogUnavailable, settle_future
 from eventlog.embedded.config import LogLimits
 from eventlog.embedded.flush_io import FlushFailed, FlushThread, Job, create_segments, job, write_and_sync
 from eventlog.embedded.partition import PartitionLog
@@ -167,7 +167,7 @@ class GroupCommitWriter:
 
     async def append(self, entries: Sequence[Entry]) -> None:
         done: asyncio.Future[None] = (self._loop or asyncio.get_running_loop()).create_future()
-        self.submit(entries, functools.partial(_settle_future, done))
+        self.submit(entries, functools.partial(settle_future, done))
         # A cancelled caller does not withdraw its record: it may already be on its way to the disk.
         await done
 
@@ -348,12 +348,3 @@ class GroupCommitWriter:
                 app.settle(error)
             except Exception:  # one appender's bug must not keep the others waiting
                 log.exception("event log: an append's settle callback failed")
-
-
-def _settle_future(done: asyncio.Future[None], error: LogError | None) -> None:
-    if done.done():
-        return  # the caller was cancelled; its records were written (or failed) all the same
-    if error is None:
-        done.set_result(None)
-    else:
-        done.set_exception(error)
