@@ -31,7 +31,7 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
     async with AsyncExitStack() as stack:
         instance = config.instance_id or f"{socket.gethostname()}:{uuid.uuid4().hex[:8]}"
         opened = await open_event_log(config, instance, stack)
-        durable = opened.local_log is not None or (config.event_log is not None and config.event_log.kafka)
+        durable = opened.local_log is not None or config.kafka is not None
         audit: RunningConsumer | None = None
         risk: RunningRisk | None = None
         if consumers and durable:
