@@ -1,8 +1,9 @@
 """The metrics and health listener of a consumer run on its own (`mcpgw consume audit|risk`).
 
-Under `mcpgw up` the consumers' families are on the gateway's /metrics. A consumer in its own
-process (the distributed deployment, compose.yaml) serves the same families, under the same names,
-on `consumers.metrics` (host, and `audit_port` or `risk_port`; a port of null: no listener):
+Under `mcpgw up` the consumers' families, and the embedded log's `mcpgw_log_end_offset`, are on the
+gateway's /metrics (mcpgw.runner). A consumer in its own process (the distributed deployment,
+compose.yaml) serves the same families, under the same names, on `consumers.metrics` (host, and
+`audit_port` or `risk_port`; a port of null: no listener):
 
     GET /metrics   `mcpgw_consumer_*{consumer}` (ConsumerMetricsCollector), `process_*`, `python_*`,
                    and `mcpgw_log_end_offset{topic, partition}`: where each topic the consumer reads
@@ -19,15 +20,13 @@ import asyncio
 import hmac
 import logging
 import time
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from contextlib import AsyncExitStack
 
 import orjson
 from aiohttp import web
 from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector, ProcessCollector
 from prometheus_client.aiohttp import make_aiohttp_handler
-from prometheus_client.core import GaugeMetricFamily, Metric
-from prometheus_client.registry import Collector
 
 from consumers.pipeline import ConsumerMetrics
 from eventlog.base import LogUnavailable, TopicPartition
@@ -35,28 +34,13 @@ from eventlog.embedded.log import EmbeddedLog
 from ingress.auth import bearer_token, token_sha256
 from ingress.config import ListenConfig
 from mcpgw.config import GatewayConfig
-from mcpgw.consumer_metrics import ConsumerMetricsCollector
+from mcpgw.consumer_metrics import ConsumerMetricsCollector, LogEndOffsets
 from mcpgw.log_ends import end_offsets
 
 log = logging.getLogger("mcpgw.consumers")
 
 END_OFFSETS_TTL_S = 1.0  # scrapes closer together than this (several scrapers) share one read of the ends
 END_OFFSETS_TIMEOUT_S = 3.0  # a scrape does not wait longer on the log; the family is left out instead
-
-
-class LogEnds(Collector):
-    """`mcpgw_log_end_offset{topic, partition}` from the last read of the topics' ends."""
-
-    def __init__(self) -> None:
-        self.ends: dict[TopicPartition, int] = {}
-
-    def collect(self) -> Iterator[Metric]:
-        family = GaugeMetricFamily("mcpgw_log_end_offset", "Offset the next record of the partition will get, "
-                                   "as read at scrape time (lag: this minus mcpgw_consumer_committed_offset).",
-                                   labels=["topic", "partition"])
-        for tp, end in sorted(self.ends.items(), key=lambda item: (item[0].topic, item[0].partition)):
-            family.add_metric([tp.topic, str(tp.partition)], end)
-        yield family
 
 
 class ConsumerHttp:
@@ -75,12 +59,12 @@ class ConsumerHttp:
         # The ingress's rule: a token is asked for only off loopback, and only when one is configured.
         self._token_sha256 = bytes.fromhex(admin.token_sha256) if admin is not None and not loopback else None
         self._started = time.time()
-        self._ends = LogEnds()
+        self._ends: dict[TopicPartition, int] = {}
         self._ends_read_at = -END_OFFSETS_TTL_S
         self._ends_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
         self.registry.register(ConsumerMetricsCollector(consumers))
-        self.registry.register(self._ends)
+        self.registry.register(LogEndOffsets(lambda: self._ends))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -116,10 +100,10 @@ class ConsumerHttp:
                 return
             try:
                 read = end_offsets(self._kafka, self._local_log, self._topics)
-                self._ends.ends = await asyncio.wait_for(read, END_OFFSETS_TIMEOUT_S)
+                self._ends = await asyncio.wait_for(read, END_OFFSETS_TIMEOUT_S)
             except (LogUnavailable, TimeoutError) as exc:
                 log.debug("consumer metrics: the topics' end offsets are unavailable: %s", exc)
-                self._ends.ends = {}  # say nothing rather than something stale
+                self._ends = {}  # say nothing rather than something stale
             self._ends_read_at = now
 
 

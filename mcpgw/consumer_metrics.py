@@ -1,7 +1,13 @@
-"""The in-process consumers' `ConsumerMetrics` as Prometheus families, for the gateway's /metrics (`mcpgw up`).
+"""Consumer lag as Prometheus families: the consumers' `ConsumerMetrics`, and where the log ends.
 
-Read at scrape time from a callable, so consumers that start later (the projections wait for the
-store) show up once they exist.
+On the gateway's /metrics under `mcpgw up` (the consumers in the process, `in_process`; the embedded
+log's ends from its high watermarks, `EmbeddedLog.high_watermarks`) and on a consumer's own
+listener (`mcpgw.consumer_http`), under the same names and labels, so a group's lag is
+`mcpgw_log_end_offset - on(topic, partition) group_right mcpgw_consumer_committed_offset` on either.
+
+Read at scrape time from callables, so consumers that start later (the projections wait for the
+store) and topics opened later show up once they exist. Both collectors `describe` their families:
+registering one of them twice in a registry fails instead of exposing a family twice per scrape.
 """
 
 from __future__ import annotations
@@ -12,6 +18,7 @@ from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metri
 from prometheus_client.registry import Collector
 
 from consumers.pipeline import ConsumerMetrics
+from eventlog.base import TopicPartition
 from mcpgw.audit_runtime import AUDIT_GROUP, RunningConsumer
 from mcpgw.risk_runtime import RISK_GROUP, RunningRisk
 
@@ -32,8 +39,13 @@ class ConsumerMetricsCollector(Collector):
     def __init__(self, consumers: Callable[[], Mapping[str, ConsumerMetrics]]) -> None:
         self.consumers = consumers
 
+    def describe(self) -> Iterator[Metric]:
+        return self._families({})
+
     def collect(self) -> Iterator[Metric]:
-        running = dict(self.consumers())
+        return self._families(dict(self.consumers()))
+
+    def _families(self, running: Mapping[str, ConsumerMetrics]) -> Iterator[Metric]:
         for field, help_text in COUNTERS:
             family = CounterMetricFamily(f"mcpgw_consumer_{field}", help_text, labels=["consumer"])
             for name, metrics in running.items():
@@ -65,3 +77,25 @@ def in_process(audit: RunningConsumer | None, risk: RunningRisk | None) -> dict[
         found[RISK_GROUP] = risk.risk.metrics
         found.update((projection.spec.name, projection.metrics) for projection in risk.projections)
     return found
+
+
+class LogEndOffsets(Collector):
+    """`mcpgw_log_end_offset{topic, partition}`: `ends()` per partition, the offset its next record will get."""
+
+    def __init__(self, ends: Callable[[], Mapping[TopicPartition, int]]) -> None:
+        self.ends = ends
+
+    def describe(self) -> Iterator[Metric]:
+        yield _log_end_family({})
+
+    def collect(self) -> Iterator[Metric]:
+        yield _log_end_family(self.ends())
+
+
+def _log_end_family(ends: Mapping[TopicPartition, int]) -> GaugeMetricFamily:
+    family = GaugeMetricFamily("mcpgw_log_end_offset", "Offset the next record of the partition will get, as of "
+                               "the scrape (lag: this minus mcpgw_consumer_committed_offset).",
+                               labels=["topic", "partition"])
+    for tp, end in sorted(ends.items(), key=lambda item: (item[0].topic, item[0].partition)):
+        family.add_metric([tp.topic, str(tp.partition)], end)
+    return family

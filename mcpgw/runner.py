@@ -18,7 +18,7 @@ from ingress.gateway import Gateway
 from ingress.http.app import build_app, start_runner
 from mcpgw.audit_runtime import RunningConsumer, start_audit_consumer
 from mcpgw.config import GatewayConfig
-from mcpgw.consumer_metrics import ConsumerMetricsCollector, in_process
+from mcpgw.consumer_metrics import ConsumerMetricsCollector, LogEndOffsets, in_process
 from mcpgw.decisions_runtime import open_gateway_ports
 from mcpgw.risk_runtime import RunningRisk, start_risk
 from mcpgw.sinks import open_event_log
@@ -43,6 +43,11 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
                           audit_query=ports.audit_query)
         if audit is not None or risk is not None:
             gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk)))
+        if opened.local_log is not None:
+            # Next to the committed offsets, so one scrape gives each group's lag; the log holds its
+            # ends in memory, so a scrape costs no I/O. (Kafka's ends take a broker round trip, which
+            # the gateway's synchronous collectors cannot await: `mcpgw consume`'s listener has them.)
+            gateway.metrics.register(LogEndOffsets(opened.local_log.high_watermarks))
         app = build_app(gateway)
         runner = await start_runner(app)
         stack.push_async_callback(runner.cleanup)  # closed before the sink: in-flight calls record

@@ -249,6 +249,15 @@ class EmbeddedLog:
         """A writable log's partitions of `topic` if it is open already (no I/O, no waiting)."""
         return self._topics.get(topic) if self._open and not self.read_only else None
 
+    def high_watermarks(self) -> dict[TopicPartition, int]:
+        """Per partition of every topic this writable log has open (every topic written or read since
+        it opened), the offset the next record will get: held in memory, no I/O. Empty when the log is
+        read-only (its ends are read from disk: `end_offsets`) or closed."""
+        if not self._open or self.read_only:
+            return {}
+        return {TopicPartition(topic, p.partition): p.high_watermark
+                for topic, partitions in list(self._topics.items()) for p in partitions}
+
     async def _create_topic(self, topic: str) -> list[PartitionLog]:
         try:
             partitions = await asyncio.to_thread(self._load_topic, topic, True)
