@@ -8,7 +8,7 @@ cursors that embed the catalog version, so a cursor from before a change is refu
 from __future__ import annotations
 
 import base64
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -82,9 +82,39 @@ def decode_cursor(cursor: str, version: str) -> int:
 
 def page(merged: MergedList, cursor: str | None, page_size: int) -> tuple[list[JsonObject], str | None]:
     """One page of the merged list and the cursor of the next page (None on the last page)."""
+    items, next_cursor, _ = visible_page(merged, cursor, page_size, None)
+    return items, next_cursor
+
+
+def visible_page(merged: MergedList, cursor: str | None, page_size: int,
+                 hidden: Callable[[JsonObject], bool] | None) -> tuple[list[JsonObject], str | None, int]:
+    """One page of what the caller may see of the merged list, the next page's cursor (None on the
+    last page) and how many items this page's stretch of the list withheld.
+
+    Cursors are offsets into the whole merged list, never into a caller's filtered view: a block
+    that lands or lifts between two pages then cannot make a page skip or repeat an item, and a
+    cursor stays valid whatever is hidden. A page is filled up to `page_size` visible items when
+    the list has them, and the last visible item ends the walk (no empty page after it).
+    """
     start = decode_cursor(cursor, merged.version) if cursor else 0
-    if page_size <= 0:
-        return merged.items[start:], None
-    end = start + page_size
-    next_cursor = encode_cursor(merged.version, end) if end < len(merged.items) else None
-    return merged.items[start:end], next_cursor
+    items = merged.items
+    if hidden is None:
+        if page_size <= 0:
+            return items[start:], None, 0
+        end = start + page_size
+        next_cursor = encode_cursor(merged.version, end) if end < len(items) else None
+        return items[start:end], next_cursor, 0
+    kept: list[JsonObject] = []
+    withheld = 0
+    index, count = start, len(items)
+    limit = page_size if page_size > 0 else count
+    while index < count:
+        item = items[index]
+        if hidden(item):
+            withheld += 1
+        elif len(kept) == limit:
+            break  # the first visible item of the next page
+        else:
+            kept.append(item)
+        index += 1
+    return kept, (encode_cursor(merged.version, index) if index < count else None), withheld

@@ -13,11 +13,12 @@ from collections.abc import Awaitable, Callable
 
 from mcp_types import INVALID_PARAMS
 
-from ingress.aggregate import LIST_METHODS, InvalidCursor, page
+from ingress.aggregate import LIST_METHODS, InvalidCursor, visible_page
 from ingress.era_translation import RESOURCE_NOT_FOUND_LEGACY
 from ingress.eras import ALL_VERSIONS, META_SERVER_INFO, negotiate_legacy
 from ingress.forwarding import Forwarder
 from ingress.jsonrpc import JsonObject, Message, result_body
+from ingress.list_visibility import hidden_predicate, withheld_detail
 from ingress.replies import Reply, error_reply
 from ingress.routing import NotRouted
 from ingress.sessions import AgentSession
@@ -132,13 +133,19 @@ class AggregateHandlers(Forwarder):
     async def _list(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> Reply:
         merged = await self.catalog.merged(msg.method)
         cursor = msg.params.get("cursor")
+        # What this caller may not call is not offered to it (nearly always nothing is blocked).
+        hidden = hidden_predicate(msg.method, merged.owners.get, self.blocklist, ctx.tenant,
+                                  self.clock()) if self.blocklist.size else None
         try:
-            items, next_cursor = page(merged, cursor if isinstance(cursor, str) else None, self.limits.page_size)
+            items, next_cursor, withheld = visible_page(merged, cursor if isinstance(cursor, str) else None,
+                                                        self.limits.page_size, hidden)
         except InvalidCursor as exc:
             return error_reply(msg.id, INVALID_PARAMS, f"invalid cursor: {exc}", Outcome.REFUSED)
         result: JsonObject = {LIST_METHODS[msg.method][0]: items}
         if next_cursor:
             result["nextCursor"] = next_cursor
+        if withheld:
+            ctx.detail = withheld_detail(msg.method, withheld)
         return Reply(result_body(msg.id, result))
 
     async def _call_named(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> Reply:

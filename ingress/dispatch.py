@@ -13,10 +13,12 @@ from __future__ import annotations
 import logging
 
 from ingress import errors
+from ingress.aggregate import LIST_METHODS
 from ingress.aggregate_handlers import AGGREGATE_CAPABILITIES, GATEWAY_SERVER_INFO, AggregateHandlers
 from ingress.blocklist import refusal
 from ingress.era_translation import legacy_answer, modernize
 from ingress.jsonrpc import Message, result_body
+from ingress.list_visibility import visible_answer, withheld_detail
 from ingress.replies import Reply, blocked_reply
 from ingress.sessions import AgentSession
 from ingress.upstreams.base import CallContext
@@ -122,4 +124,11 @@ class Dispatcher(AggregateHandlers):
             info = self._upstreams()[target].info
             if info is not None and info.era == "modern":
                 return Reply(result_body(msg.id, {}))  # modern servers take the level on each request
-        return await self._forward(target, msg.body, ctx)
+        reply = await self._forward(target, msg.body, ctx)
+        if self.blocklist.size and msg.method in LIST_METHODS:
+            # The upstream lists everything it has; this caller is not offered what it may not call.
+            body, withheld = visible_answer(msg.method, reply.body, target, self.blocklist, ctx.tenant, self.clock())
+            if withheld:
+                reply.body = body
+                ctx.detail = withheld_detail(msg.method, withheld)
+        return reply

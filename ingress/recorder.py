@@ -199,7 +199,7 @@ class Recorder:
     ) -> Awaitable[None]:
         latency = (time.perf_counter_ns() - ctx.started_ns) // 1000 if final else None
         return self.flush(ctx, self.event(EventType.AGENT_MESSAGE_SENT, body, wire, ctx, outcome=outcome,
-                                         latency_us=latency))
+                                         latency_us=latency, detail=ctx.detail if final else ""))
 
     async def refused(
         self, ctx: CallContext, body: JsonObject, wire: bytes, code: int, message: str, outcome: Outcome
