@@ -63,7 +63,8 @@ class ConsumerHttp:
         self._ends_read_at = -END_OFFSETS_TTL_S
         self._ends_lock = asyncio.Lock()
         self.registry = CollectorRegistry()
-        self.registry.register(ConsumerMetricsCollector(consumers))
+        stored = local_log.committed_offsets if local_log is not None else None
+        self.registry.register(ConsumerMetricsCollector(consumers, stored))
         self.registry.register(LogEndOffsets(lambda: self._ends))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)

@@ -33,19 +33,29 @@ COUNTERS = (
 )
 
 
-class ConsumerMetricsCollector(Collector):
-    """`consumers()` names each running consumer (its group) and its metrics."""
+Committed = Mapping[str, Mapping[TopicPartition, int]]  # by group
 
-    def __init__(self, consumers: Callable[[], Mapping[str, ConsumerMetrics]]) -> None:
+
+class ConsumerMetricsCollector(Collector):
+    """`consumers()` names each running consumer (its group) and its metrics.
+
+    `stored()`, where the log keeps committed offsets in memory (the embedded log), adds those a
+    group committed before this process started and has not committed since (a consumer stuck
+    since a restart still shows its offset, so its lag), under the offsets `ConsumerMetrics` holds.
+    """
+
+    def __init__(self, consumers: Callable[[], Mapping[str, ConsumerMetrics]],
+                 stored: Callable[[], Committed] | None = None) -> None:
         self.consumers = consumers
+        self.stored = stored
 
     def describe(self) -> Iterator[Metric]:
-        return self._families({})
+        return self._families({}, {})
 
     def collect(self) -> Iterator[Metric]:
-        return self._families(dict(self.consumers()))
+        return self._families(dict(self.consumers()), self.stored() if self.stored is not None else {})
 
-    def _families(self, running: Mapping[str, ConsumerMetrics]) -> Iterator[Metric]:
+    def _families(self, running: Mapping[str, ConsumerMetrics], stored: Committed) -> Iterator[Metric]:
         for field, help_text in COUNTERS:
             family = CounterMetricFamily(f"mcpgw_consumer_{field}", help_text, labels=["consumer"])
             for name, metrics in running.items():
@@ -61,7 +71,8 @@ class ConsumerMetricsCollector(Collector):
             paused.add_metric([name], 1.0 if metrics.paused else 0.0)
             if metrics.last_commit is not None:
                 last_commit.add_metric([name], metrics.last_commit)
-            for tp, offset in list(metrics.committed.items()):
+            offsets = {**stored.get(name, {}), **metrics.committed}
+            for tp, offset in sorted(offsets.items(), key=lambda item: (item[0].topic, item[0].partition)):
                 committed.add_metric([name, tp.topic, str(tp.partition)], offset)
         yield paused
         yield last_commit

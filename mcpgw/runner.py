@@ -41,13 +41,15 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         ports = await open_gateway_ports(config, opened.local_log, audit, stack)
         gateway = Gateway(config, opened.sink, instance, decision_log=ports.decision_log,
                           audit_query=ports.audit_query)
+        local_log = opened.local_log
         if audit is not None or risk is not None:
-            gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk)))
-        if opened.local_log is not None:
+            stored = local_log.committed_offsets if local_log is not None else None
+            gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk), stored))
+        if local_log is not None:
             # Next to the committed offsets, so one scrape gives each group's lag; the log holds its
             # ends in memory, so a scrape costs no I/O. (Kafka's ends take a broker round trip, which
             # the gateway's synchronous collectors cannot await: `mcpgw consume`'s listener has them.)
-            gateway.metrics.register(LogEndOffsets(opened.local_log.high_watermarks))
+            gateway.metrics.register(LogEndOffsets(local_log.high_watermarks))
         app = build_app(gateway)
         runner = await start_runner(app)
         stack.push_async_callback(runner.cleanup)  # closed before the sink: in-flight calls record

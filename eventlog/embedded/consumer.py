@@ -161,6 +161,11 @@ class EmbeddedConsumer:
         """The log made records readable (or closed): a waiting `poll` looks again."""
         self._appended.set()
 
+    def committed_offsets(self) -> dict[TopicPartition, int]:
+        """The group's committed offsets, from memory: those loaded at `start`, then each `commit`'s
+        (a commit's own from when it was called, before its write is durable)."""
+        return dict(self._committed)
+
     def position(self, partition: TopicPartition) -> int:
         """The offset the next `poll` reads in this partition (not a protocol method)."""
         return self._cursors[partition].next_offset

@@ -270,6 +270,11 @@ class EmbeddedLog:
         finally:
             del self._creating[topic]
 
+    def committed_offsets(self) -> dict[str, dict[TopicPartition, int]]:
+        """By group, the committed offsets of every consumer of this log that is started and not closed
+        (no I/O): also those a group committed before this opening, which it has not committed again."""
+        return {consumer.group_id: consumer.committed_offsets() for consumer in list(self._consumers)}
+
     def register(self, consumer: EmbeddedConsumer) -> None:
         self._consumers.add(consumer)
 

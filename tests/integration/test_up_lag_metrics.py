@@ -97,6 +97,22 @@ async def test_mcpgw_up_serves_log_end_offsets_next_to_committed_offsets(tmp_pat
             else:
                 raise AssertionError(f"consumers not caught up: ends {latest.ends}, committed {latest.committed}")
             assert sum(ends.values()) >= sum(events_of(after.ends).values())  # ends never go back
+
+        # Restarted on the same log: the ends are recovered, and each group's committed offsets show
+        # from its start (loaded with the group), not only after its next commit.
+        await asyncio.to_thread(process.terminate)
+        process.start()
+        await process.wait_ready(60)
+        async with aiohttp.ClientSession() as http:
+            for _ in range(240):
+                again = await scrape(http, process.base)
+                check_consistent(again)
+                if {"audit", "risk"} <= set(again.committed):
+                    break
+                await asyncio.sleep(0.25)
+            assert all(again.ends[tp] >= end for tp, end in latest.ends.items()), (latest.ends, again.ends)
+            for group in ("audit", "risk"):
+                assert all(again.committed[group].get(tp, 0) >= end for tp, end in ends.items() if end), again.committed
     finally:
         await asyncio.to_thread(process.terminate)
         process.stop_quietly()

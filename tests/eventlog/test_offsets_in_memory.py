@@ -1,5 +1,7 @@
-"""`EmbeddedLog.high_watermarks` (the ends /metrics exposes under `mcpgw up`) against the ends on disk,
-and the collectors that expose them: one family per registry, whatever registers them."""
+"""What /metrics exposes of the embedded log under `mcpgw up`, read from memory: the partitions' ends
+(`EmbeddedLog.high_watermarks`, checked against the ends on disk) and the groups' committed offsets
+(`EmbeddedLog.committed_offsets`, also those committed before a restart); the collectors exposing
+them give one family per registry, whatever registers them twice."""
 
 from __future__ import annotations
 
@@ -48,3 +50,35 @@ def test_each_family_is_registered_once() -> None:
         == {("mcp.events", "0"): 12, ("mcp.events", "1"): 7}
     assert [(s.labels, s.value) for s in families["mcpgw_consumer_committed_offset"].samples] \
         == [({"consumer": "audit", "topic": "mcp.events", "partition": "1"}, 5)]
+
+
+async def test_a_group_s_offsets_committed_before_a_restart_are_exposed_until_it_commits_again(tmp_path: Path) -> None:
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    async with EmbeddedLog(tmp_path, partitions=2) as log:
+        for i in range(6):
+            await log.producer().append("t", f"k{i}".encode(), b"v")
+        consumer = log.consumer("g", ["t"])
+        await consumer.start()
+        await consumer.commit({a: 2, b: 1})
+        await consumer.close()
+    async with EmbeddedLog(tmp_path, partitions=2) as log:
+        metrics = ConsumerMetrics()  # a fresh process: nothing committed by this run yet
+        collector = ConsumerMetricsCollector(lambda: {"g": metrics}, log.committed_offsets)
+
+        def exposed() -> dict[tuple[str, str], float]:
+            registry = CollectorRegistry()
+            registry.register(collector)
+            family = next(f for f in text_string_to_metric_families(generate_latest(registry).decode())
+                          if f.name == "mcpgw_consumer_committed_offset")
+            return {(s.labels["topic"], s.labels["partition"]): s.value for s in family.samples}
+
+        assert log.committed_offsets() == {} and exposed() == {}  # the group's consumer has not started
+        consumer = log.consumer("g", ["t"])
+        await consumer.start()
+        assert log.committed_offsets() == {"g": {a: 2, b: 1}}
+        assert exposed() == {("t", "0"): 2, ("t", "1"): 1}
+        await consumer.commit({a: 3})
+        metrics.committed[a] = 3  # what the pipeline's Commit step records after the commit returned
+        assert exposed() == {("t", "0"): 3, ("t", "1"): 1}
+        await consumer.close()
+        assert log.committed_offsets() == {}
