@@ -24,7 +24,9 @@ gateway's CPU per call comes from its threads' on-CPU time (schedstat) around ea
 upstream's around every round, the broker's too). With the embedded log, each round also reads
 the frames appended to the log and counts the events and the flushes that wrote them (see
 `LogProbe`), so events per fsync shows how well group commit shares flushes, and after each c=1
-round it measures the disk's write+fdatasync floor on the same filesystem (`bench/disk_floor.py`). Before the rounds,
+round it measures the disk's write+fdatasync floor on the same filesystem (`bench/disk_floor.py`). A
+bare TCP relay (`bench/relay.py`, its own process) in front of the upstream is one more path: the
+floor of any proxy hop, beside which the gateway's Δp50 is read (`bench/floor_report.py`). Before the rounds,
 on the fresh gateway, 1,000 idle legacy sessions (initialize + initialized, kept open; then each
 with a GET stream) measure its RSS growth.
 
@@ -58,7 +60,9 @@ from typing import Any
 
 import aiohttp
 
-from bench.disk_floor import write_fdatasync_ms
+from bench.disk_floor import FloorSample
+from bench.disk_floor import measure as measure_disk_floor
+from bench.floor_report import disk_floor, disk_floor_line, relay_line
 from bench.loadgen import (
     ACCEPT,
     LEGACY_VERSION,
@@ -343,7 +347,9 @@ class Setup:
     broker_pid: int | None = None
     probe: LogProbe | None = None
     floor_dir: Path | None = None  # embedded: where to measure the disk's write+fdatasync floor
-    floor_ms: list[float] = field(default_factory=list)  # its median after each c=1 round
+    floors: list[FloorSample] = field(default_factory=list)  # one after each c=1 round
+    relay_port: int = 0
+    relay_pid: int | None = None  # bench.relay: a bare TCP hop in front of the upstream, a baseline
 
     @property
     def gateway(self) -> str:
@@ -436,6 +442,7 @@ def stdio_upstream_pid(gateway_pid: int) -> int | None:
 def targets(setup: Setup, plan: Plan) -> list[Target]:
     found = [
         Target("direct", "direct → upstream", f"http://{HOST}:{setup.upstream_port}/mcp", "echo", False),
+        Target("relay", "bare relay → upstream", f"http://{HOST}:{setup.relay_port}/mcp", "echo", False),
         Target("gw_single", "gateway /servers/fast/mcp", f"{setup.gateway}/servers/fast/mcp", "echo", True),
         Target("gw_agg", "gateway /mcp (fast__echo)", f"{setup.gateway}/mcp", "fast__echo", True),
     ]
@@ -477,9 +484,12 @@ async def measure_rounds(
                 if probe is not None:
                     probe.read()
                 b0 = cpu_ms(setup.broker_pid) if setup.broker_pid else 0.0
-                g0, u0, s0 = cpu_ms(setup.gateway_pid), cpu_ms(upstream_pid), self_cpu_ms()
+                # The hop's CPU: the gateway's, or the bare relay's for its own path.
+                hop_pid = setup.relay_pid if t.key == "relay" else setup.gateway_pid
+                hop = t.via_gateway or t.key == "relay"
+                g0, u0, s0 = cpu_ms(hop_pid), cpu_ms(upstream_pid), self_cpu_ms()
                 result = await gens[t.key].run(c, calls=plan.max_calls, duration_s=plan.round_s)
-                g1, u1, s1 = cpu_ms(setup.gateway_pid), cpu_ms(upstream_pid), self_cpu_ms()
+                g1, u1, s1 = cpu_ms(hop_pid), cpu_ms(upstream_pid), self_cpu_ms()
                 b1 = cpu_ms(setup.broker_pid) if setup.broker_pid else 0.0
                 appended = probe.read() if probe is not None else None
                 ordered = sorted(result.latencies_ns)
@@ -492,7 +502,7 @@ async def measure_rounds(
                     result.duration_s,
                     percentile_ms(ordered, 0.5),
                     percentile_ms(ordered, 0.99),
-                    g1 - g0 if t.via_gateway else None,
+                    g1 - g0 if hop else None,
                     u1 - u0,
                     s1 - s0,
                     result.first_error,
@@ -526,8 +536,9 @@ async def measure_rounds(
                     say(f"  ! {t.key} c={c}: {result.errors} errors, first: {result.first_error}")
             if c == 1 and setup.floor_dir is not None:
                 # Outside every CPU window, after the round: the same disk, the same minute.
-                setup.floor_ms.append(await asyncio.to_thread(write_fdatasync_ms, setup.floor_dir))
-                line.append(f"disk write+fdatasync p50 {setup.floor_ms[-1]:.3f}ms")
+                setup.floors.append(await asyncio.to_thread(measure_disk_floor, setup.floor_dir))
+                floor = setup.floors[-1]
+                line.append(f"disk write+fdatasync p50 {floor.median_ms:.3f}ms, device writes {floor.writes}")
             say(f"round {r + 1}/{plan.rounds} c={c}: " + " | ".join(line))
     return rounds, cells
 
@@ -628,7 +639,7 @@ def pin_apart(setup: Setup) -> str:
         return "not pinned (one CPU)"
     gateway_cpu, others = {cpus[-1]}, set(cpus[:-1])
     pin(setup.gateway_pid, gateway_cpu)
-    for pid in (setup.upstream_pid, *descendants(setup.gateway_pid), os.getpid()):
+    for pid in (setup.upstream_pid, setup.relay_pid or 0, *descendants(setup.gateway_pid), os.getpid()):
         with contextlib.suppress(OSError):
             pin(pid, others)
     return f"gateway on CPU {cpus[-1]}, load generator and upstreams on CPU(s) {sorted(others)}"
@@ -849,7 +860,7 @@ def render(report: dict[str, Any]) -> str:
     labels = {t["key"]: t["label"] for t in report["targets"]}
     lines = [
         "| path | c | calls/s | p50 ms | p99 ms | Δp50 vs direct ms (pooled) | calls/s vs direct "
-        "| gateway CPU ms/call | upstream CPU ms/call | loadgen CPU ms/call |",
+        "| gateway (relay) CPU ms/call | upstream CPU ms/call | loadgen CPU ms/call |",
         "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for cell in report["cells"]:
@@ -894,7 +905,7 @@ def render(report: dict[str, Any]) -> str:
     event_log = report["event_log"]
     log_lines = [f"- Event log: {EVENT_LOG_LABELS[event_log]}; {report['event_log_detail']}."]
     for cell in report["cells"]:
-        if cell["target"] == "direct":
+        if cell["target"] in ("direct", "relay"):
             continue
         parts = []
         if cell.get("events_per_call") is not None:
@@ -905,16 +916,9 @@ def render(report: dict[str, Any]) -> str:
             parts.append(f"broker CPU {cell['broker_cpu_ms_per_call']:.3f} ms per call")
         if parts:
             log_lines.append(f"  - {labels[cell['target']]}, c={cell['concurrency']}: {', '.join(parts)}")
-    floor = report.get("disk_floor")
-    if floor:
-        rounds = ", ".join(f"{f:.2f}" for f in floor["per_round_ms"])
-        beyond = ", ".join(f"{labels[k].split(' (')[0]} {_f(v, 2, True)} ms" for k, v in floor["beyond_two_ms"].items())
-        log_lines.append(
-            f"- The disk's floor, measured after every c=1 round on the same filesystem (`bench/disk_floor.py`: "
-            f"one hop's 1.6 KB written into preallocated space + fdatasync, 100 times, 1 ms apart): median "
-            f"**{floor['median_ms']:.3f} ms** (rounds: {rounds}). A strict call at c=1 waits for two in series; "
-            f"its Δp50 beyond them (per round, median): {beyond}."
-        )
+    log_lines += relay_line(report["cells"])
+    if report.get("disk_floor"):
+        log_lines += disk_floor_line(report["disk_floor"], labels)
     ratio_lines = []
     for cell in report["cells"]:
         if cell.get("p50_ratio") and cell.get("gateway_cpu_vs_direct_upstream"):
@@ -1114,6 +1118,10 @@ async def run_all(
         logs / "upstream.log",
     )
     await wait_port(upstream_port, lambda: upstream.poll() is None)
+    relay_port = free_port()
+    relay_argv = ["bench.relay", "--port", str(relay_port), "--upstream-port", str(upstream_port)]
+    relay = procs.start("relay", [sys.executable, "-m", *relay_argv], logs / "relay.log")
+    await wait_port(relay_port, lambda: relay.poll() is None)
     bootstrap, broker_pid = await start_broker(procs, logs, say) if args.event_log == "kafka" else (None, None)
     event_log = event_log_config(args.event_log, bootstrap, args.kafka_linger_ms)
     config = gateway_config(data_dir, gateway_port, upstream_port, plan, args.upstream_protocol, event_log)
@@ -1124,7 +1132,7 @@ async def run_all(
     gateway = procs.start("gateway", [*argv, "ingress", "-c", str(config_path)], logs / "gateway.log")
     setup = Setup(
         upstream_port, gateway_port, gateway.pid, upstream.pid, args.upstream_protocol, args.era, config,
-        args.event_log, broker_pid,
+        args.event_log, broker_pid, relay_port=relay_port, relay_pid=relay.pid,
     )  # fmt: skip
     if args.event_log == "embedded":
         detail = f"data_dir on {filesystem_of(data_dir)}"
@@ -1150,14 +1158,14 @@ async def run_all(
         sessions = await measure_sessions(setup, plan, say) if plan.sessions else None
         rss_start = rss_kb(gateway.pid)
         busy0, total0 = busy_jiffies()
-        own0 = cpu_ms(gateway.pid) + cpu_ms(upstream.pid) + self_cpu_ms()
+        own0 = cpu_ms(gateway.pid) + cpu_ms(upstream.pid) + cpu_ms(relay.pid) + self_cpu_ms()
         broker0 = cpu_ms(broker_pid) if broker_pid else 0.0
         stdio_pid = stdio_upstream_pid(gateway.pid)
         stdio0 = cpu_ms(stdio_pid) if stdio_pid else 0.0
         load_start = loadavg()
         rounds, cells = await measure_rounds(http, setup, plan, paths, say)
         busy1, total1 = busy_jiffies()
-        own1 = cpu_ms(gateway.pid) + cpu_ms(upstream.pid) + self_cpu_ms()
+        own1 = cpu_ms(gateway.pid) + cpu_ms(upstream.pid) + cpu_ms(relay.pid) + self_cpu_ms()
         if broker_pid:
             own1 += cpu_ms(broker_pid) - broker0
         stdio1 = cpu_ms(stdio_pid) if stdio_pid else 0.0
@@ -1172,7 +1180,8 @@ async def run_all(
     direct = {c: cells[("direct", c)] for c in plan.concurrencies}
     summaries = [cell_summary(cells[(t.key, c)], direct[c]) for c in plan.concurrencies for t in paths]
     by_key = {f"{s['target']}@{s['concurrency']}": s for s in summaries}
-    gateway_calls = sum(r.calls for r in rounds if r.target != "direct") + plan.warmup_calls * len(paths) * 2
+    gateway_calls = sum(r.calls for r in rounds if r.target not in ("direct", "relay"))
+    gateway_calls += plan.warmup_calls * len(paths) * 2
     env = environment()
     env.update(loadavg_start=load_start, loadavg_end=loadavg(), background_cpu_pct=background)
     report: dict[str, Any] = {
@@ -1193,20 +1202,11 @@ async def run_all(
         "environment": env,
         "gateway_config": config,
         "profile": {k: v for k, v in profile.items() if k != "summary"} if profile else None,
-        "disk_floor": disk_floor(setup.floor_ms, cells) if setup.floor_ms else None,
+        "disk_floor": disk_floor(setup.floors, {t.key: cells[(t.key, 1)].round_p50s for t in paths})
+        if setup.floors and 1 in plan.concurrencies
+        else None,
     }
     return report
-
-
-def disk_floor(floor_ms: list[float], cells: dict[tuple[str, int], Cell]) -> dict[str, Any]:
-    """Each c=1 round's write+fdatasync median, and each gateway path's Δp50 beyond two of them."""
-    direct = cells[("direct", 1)].round_p50s
-    beyond: dict[str, float] = {}
-    for (key, c), cell in cells.items():
-        if c == 1 and key != "direct":
-            per_round = [g - d - 2 * f for g, d, f in zip(cell.round_p50s, direct, floor_ms, strict=False)]
-            beyond[key] = statistics.median(per_round)
-    return {"per_round_ms": floor_ms, "median_ms": statistics.median(floor_ms), "beyond_two_ms": beyond}
 
 
 def main(argv: list[str] | None = None) -> int:

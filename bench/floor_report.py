@@ -1,0 +1,97 @@
+"""The floors under a gateway call, from the same run: a bare relay's hop and the disk's durable write.
+
+`bench.run` measures both beside the gateway: the bare relay (`bench/relay.py`) as one more
+interleaved path, the disk's write+fdatasync (`bench/disk_floor.py`) after every c=1 round of the
+embedded log. A strict call at c=1 cannot beat one proxy hop plus two durable writes in series, so
+each gateway path's Δp50 beyond that floor is what the gateway's own work adds. Pure: numbers in,
+numbers and report lines out.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Mapping, Sequence
+from typing import Any
+
+from bench.disk_floor import FloorSample
+
+RELAY = "relay"
+DIRECT = "direct"
+
+
+def _sum(values: Sequence[int | None]) -> int | None:
+    return None if not values or any(v is None for v in values) else sum(v for v in values if v is not None)
+
+
+def _per(count: int | None, syncs: int) -> float | None:
+    return count / syncs if count is not None and syncs else None
+
+
+def disk_floor(floors: Sequence[FloorSample], round_p50s: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The floor of a strict c=1 call per round (the relay's Δp50 + two write+fdatasync), and each
+    gateway path's Δp50 beyond it (median over rounds). `round_p50s`: each path's c=1 p50 per round."""
+    medians = [f.median_ms for f in floors]
+    direct = round_p50s[DIRECT]
+    relay = round_p50s.get(RELAY, direct)  # without a relay path, the hop's floor is taken as zero
+    call_floor = [(r - d) + 2 * f for r, d, f in zip(relay, direct, medians, strict=False)]
+    beyond: dict[str, float] = {}
+    for key, p50s in round_p50s.items():
+        if key not in (DIRECT, RELAY):
+            per_round = [g - d - c for g, d, c in zip(p50s, direct, call_floor, strict=False)]
+            beyond[key] = statistics.median(per_round)
+    syncs = sum(f.syncs for f in floors)
+    writes, flushes = _sum([f.writes for f in floors]), _sum([f.flushes for f in floors])
+    return {
+        "per_round_ms": medians,
+        "median_ms": statistics.median(medians),
+        "call_floor_ms": statistics.median(call_floor) if call_floor else None,
+        "relay_in_floor": RELAY in round_p50s,
+        "beyond_floor_ms": beyond,
+        "syncs": syncs,
+        "device_writes": writes,
+        "device_flushes": flushes,
+        "writes_per_sync": _per(writes, syncs),
+        "flushes_per_sync": _per(flushes, syncs),
+        "idle_writes": _sum([f.idle_writes for f in floors]),
+    }
+
+
+def _f(value: float | None, digits: int = 2, sign: bool = False) -> str:
+    if value is None:
+        return "n/a"
+    return f"{value:+.{digits}f}" if sign else f"{value:.{digits}f}"
+
+
+def relay_line(cells: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The bare relay's Δp50 and CPU per call, at each concurrency."""
+    relay = sorted((c for c in cells if c["target"] == RELAY), key=lambda c: int(c["concurrency"]))
+    if not relay:
+        return []
+    at = [
+        f"{_f(c.get('p50_delta_paired_median_ms'), 3, True)} ms at c={c['concurrency']}"
+        + (f" (CPU {c['gateway_cpu_ms_per_call']:.3f} ms per call)" if c.get("gateway_cpu_ms_per_call") else "")
+        for c in relay
+    ]
+    return [
+        f"- A bare relay (`bench/relay.py`: a TCP byte pipe on uvloop, no parsing) adds **{at[0]}** "
+        f"(the floor of any proxy hop on this host){', ' + ', '.join(at[1:]) if at[1:] else ''}."
+    ]
+
+
+def disk_floor_line(floor: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    rounds = ", ".join(f"{f:.2f}" for f in floor["per_round_ms"])
+    beyond = ", ".join(f"{labels[k].split(' (')[0]} {_f(v, 2, True)} ms" for k, v in floor["beyond_floor_ms"].items())
+    device = (
+        f"device writes per write+fdatasync: **{_f(floor['writes_per_sync'])}**, flushes "
+        f"**{_f(floor['flushes_per_sync'])}** ({floor['syncs']} syncs"
+    )
+    idle = floor.get("idle_writes")
+    device += f"; {idle} writes by other processes in equally long idle windows)" if idle else ")"
+    relay = "the bare relay's Δp50 + " if floor["relay_in_floor"] else ""
+    return [
+        f"- The disk's floor, measured after every c=1 round on the same filesystem (`bench/disk_floor.py`: "
+        f"one hop's 1.6 KB written into preallocated space + fdatasync, 100 times, 1 ms apart): median "
+        f"**{floor['median_ms']:.3f} ms** (rounds: {rounds}); {device}. Floor of a strict c=1 call = "
+        f"{relay}twice the disk's floor (per round, median): **{_f(floor['call_floor_ms'], 2, True)} ms**; "
+        f"each path's Δp50 beyond it: {beyond}."
+    ]
