@@ -8,8 +8,11 @@ block replaces an older block on the same key and an unblock lifts it. A decisio
 list (the usual state) costs one integer test. Time is passed in (`now_us`): an expired block
 simply stops matching, and `purge` drops it from memory.
 
-A tool-scope subject matches a tool by its upstream name (the `tool` column of audit events) or
-by its aggregated name (`server__tool`, with the configured separator and shortening).
+A tool-scope subject matches a tool in one of three forms: its upstream name (the `tool` column of
+audit events: that name on every server), its qualified name `server/tool` (that server's tool,
+whatever the naming config; server names have no `/`, so the first `/` ends the server; the risk
+engine's tool blocks use this form), or its aggregated name (`server__tool`, with the configured
+separator and shortening).
 """
 
 from __future__ import annotations
@@ -146,13 +149,14 @@ class Blocklist:
         return None
 
     def match_target(self, tenant: str, tool: str, server: str, now_us: int) -> Decision | None:
-        """Blocks on what is called: the tool (upstream or aggregated name) or the server."""
+        """Blocks on what is called: the tool (upstream, qualified or aggregated name) or the server."""
         if not self.size:
             return None
         if self._tool and tool:
             found = _find(self._tool, tool, tenant, now_us)
             if found is None and server:
-                found = _find(self._tool, self.naming.expose(server, tool), tenant, now_us)
+                found = _find(self._tool, f"{server}/{tool}", tenant, now_us) or \
+                    _find(self._tool, self.naming.expose(server, tool), tenant, now_us)
             if found is not None:
                 return found
         if self._server and server:

@@ -1,7 +1,9 @@
 """The blocks the risk engine knows to be in force: its own, and those it was told of.
 
-A block is decided once per principal while it is in force; an operator's unblock ends it. Keyed
-by (tenant, principal); a decision without a tenant is about the principal in every tenant.
+A block is decided once per subject while it is in force; an operator's unblock ends it. The
+engine blocks two scopes: a principal, keyed by (tenant, principal), and a tool, keyed by its
+subject `server/tool` with no tenant (a tool is blocked for every tenant). A decision without a
+tenant is about the subject in every tenant. Decisions of other scopes do not concern the engine.
 """
 
 from __future__ import annotations
@@ -9,7 +11,8 @@ from __future__ import annotations
 from consumers.risk.lru import Lru
 from schemas.decisions import Decision, DecisionAction, DecisionScope
 
-BlockKey = tuple[str | None, str]  # (tenant or None for every tenant, principal)
+BlockKey = tuple[DecisionScope, str | None, str]  # (scope, tenant or None for every tenant, subject)
+SCOPES = frozenset({DecisionScope.PRINCIPAL, DecisionScope.TOOL})
 
 
 class Blocks:
@@ -19,8 +22,8 @@ class Blocks:
     def __len__(self) -> int:
         return len(self._held)
 
-    def in_force(self, tenant: str, principal: str, now_us: int) -> bool:
-        for key in ((tenant, principal), (None, principal)):
+    def in_force(self, scope: DecisionScope, tenant: str | None, subject: str, now_us: int) -> bool:
+        for key in ((scope, tenant, subject), (scope, None, subject)):
             held = self._held.get(key)
             if held is not None and held.is_active(now_us):
                 return True
@@ -30,13 +33,15 @@ class Blocks:
         return [d for d in self._held.values() if d.is_active(now_us)]
 
     def note(self, decision: Decision) -> None:
-        """Fold in a decision; only principal-scope ones concern the engine."""
-        if decision.scope is not DecisionScope.PRINCIPAL:
+        """Fold in a decision; only principal and tool ones concern the engine."""
+        scope = decision.scope
+        if scope not in SCOPES:
             return
-        key = (decision.tenant, decision.subject)
+        key = (scope, decision.tenant, decision.subject)
         if decision.action is DecisionAction.BLOCK:
             self._held.put(key, decision)
             return
-        ended = [key] if decision.tenant is not None else [k for k in self._held if k[1] == decision.subject]
+        ended = [key] if decision.tenant is not None else [
+            k for k in self._held if k[0] is scope and k[2] == decision.subject]
         for k in ended:
             self._held.pop(k, None)

@@ -18,15 +18,20 @@ Which events are read (a tools/call makes four; the other two repeat these paylo
 Subjects and the rows published for them (`RiskScore`):
 
 - a principal within its tenant: `tenant`, `principal`, narrowed to the triggering event's
-  `session_id`, `tool` and `server`. The only subject that is blocked (scope `principal`), unless
+  `session_id`, `tool` and `server`. Blocked with scope `principal` within its tenant, unless
   listed in `never_block`;
 - a tool (server, name): `tenant` and `principal` empty, `server` and `tool` set; scored for
-  drift and for injection markers in its definition or its results, never blocked;
+  drift and for injection markers in its definition or its results. Blocked with scope `tool`,
+  subject `server/tool` (that server's tool only, whatever the ingress's naming) and no tenant
+  (one upstream serves every tenant), when a signal of its definition fired (or of its results,
+  with `tool_blocks.from_results`), unless `tool_blocks` is off or `never_block` lists `server/tool`;
 - a client address, for authentication failures: `principal` is `client:<address>`; never blocked,
   since decisions have no address scope and blocking `anonymous` would stop nobody or everybody.
 
-A block is decided once per principal while it is in force (`ttl_s`); when it has expired and the
-score is still over the threshold, the next event scoring the principal blocks it again.
+A block is decided once per subject while it is in force (`ttl_s`); when it has expired and the
+score is still over the threshold, the next event scoring the subject blocks it again. An
+operator's unblock forgives the subject's score; for a tool it also accepts the tool's latest
+definition (no drift, no marker from that definition), which the operator has reviewed.
 """
 
 from __future__ import annotations
@@ -47,7 +52,7 @@ from consumers.risk.signals.rate import RequestRate
 from consumers.risk.signals.sensitive_data import PII, SECRET, SensitiveData
 from consumers.risk.signals.sequence import SensitiveSequence
 from consumers.risk.signals.text import json_strings
-from consumers.risk.signals.tool_drift import ToolDrift, definitions_in
+from consumers.risk.signals.tool_drift import ToolDrift, definitions_in, fingerprint
 from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource
 from schemas.events import EventType, GatewayEvent, Kind, Outcome
 from schemas.risk import RiskScore
@@ -63,6 +68,7 @@ _SCANNED_ANSWERS = frozenset({"tools/call", "resources/read", "prompts/get"})
 _ANSWER_KINDS = (Kind.RESPONSE, Kind.ERROR)
 
 PrincipalKey = tuple[str, str]  # (tenant, principal)
+ToolKey = tuple[str, str]  # (server, upstream tool name)
 K = TypeVar("K")
 
 
@@ -75,6 +81,7 @@ class RiskEngine:
         self._interval_us = s.emit_interval_s * 1e6
         self._ttl_us = int(s.ttl_s * 1e6)
         self._never_block = frozenset(s.never_block) | {""}
+        self._tool_threshold = s.tool_blocks.threshold or s.threshold
         self.rate = RequestRate(s.request_rate, s.max_principals) if s.request_rate.enabled else None
         self.rarity = RareTool(s.rare_tool, s.max_principals) if s.rare_tool.enabled else None
         self.sequence = (SensitiveSequence(s.sensitive_sequence, s.max_sessions, s.max_principals)
@@ -85,9 +92,12 @@ class RiskEngine:
         self.auth = AuthFailures(s.auth_failures, s.max_clients) if s.auth_failures.enabled else None
         self.drift = ToolDrift(s.tool_drift, s.max_tools) if s.tool_drift.enabled else None
         self._principals: Lru[PrincipalKey, SubjectScore] = Lru(s.max_principals)
-        self._tools: Lru[tuple[str, str], SubjectScore] = Lru(s.max_tools)
+        self._tools: Lru[ToolKey, SubjectScore] = Lru(s.max_tools)
+        # The newest definition's fingerprint per tool, and the one an operator's unblock accepted.
+        self._tool_latest: Lru[ToolKey, str] = Lru(s.max_tools)
+        self._tool_accepted: Lru[ToolKey, str] = Lru(s.max_tools)
         self._clients: Lru[str, SubjectScore] = Lru(s.max_clients)
-        self._blocks = Blocks(s.max_principals)
+        self._blocks = Blocks(s.max_principals + s.max_tools)
         self._seen: set[str] = set()
         self._seen_order: deque[str] = deque()
 
@@ -114,15 +124,21 @@ class RiskEngine:
         return self._blocks.active(now_us)
 
     def note_decision(self, decision: Decision) -> None:
-        """Learn of a decision taken elsewhere (an operator, an alert) about a principal.
+        """Learn of a decision taken elsewhere (an operator, an alert) about a principal or a tool.
 
         A block counts as in force, so the engine does not repeat it; an unblock ends the block and
         forgives the principal's score and current request rate (not its baseline), either of which
         would otherwise block it again on its next event. A decision without a tenant is about the
-        principal in every tenant.
+        principal in every tenant. An unblock of a tool (`server/tool`) forgives its score and
+        accepts its latest definition, which every later tools/list would otherwise report again.
         """
         self._blocks.note(decision)
-        if decision.scope is not DecisionScope.PRINCIPAL or decision.action is not DecisionAction.UNBLOCK:
+        if decision.action is not DecisionAction.UNBLOCK:
+            return
+        if decision.scope is DecisionScope.TOOL:
+            self._forgive_tool(decision.subject)
+            return
+        if decision.scope is not DecisionScope.PRINCIPAL:
             return
         if decision.tenant is not None:
             forgiven = [(decision.tenant, decision.subject)]
@@ -136,7 +152,9 @@ class RiskEngine:
     def state_sizes(self) -> dict[str, int]:
         """Entries held per state map (each bounded by a `max_*` setting)."""
         sizes = {"principals": len(self._principals), "tools": len(self._tools), "clients": len(self._clients),
-                 "blocks": len(self._blocks), "recent_event_ids": len(self._seen)}  # fmt: skip
+                 "blocks": len(self._blocks), "recent_event_ids": len(self._seen),
+                 "tool_definitions": len(self._tool_latest),
+                 "accepted_definitions": len(self._tool_accepted)}  # fmt: skip
         for name, signal in (("request_rate", self.rate), ("rare_tool", self.rarity),
                              ("sensitive_sequence", self.sequence), ("auth_failures", self.auth),
                              ("tool_drift", self.drift)):  # fmt: skip
@@ -179,7 +197,7 @@ class RiskEngine:
             hits.extend(self.sensitive.scan(event.payload, event.redactions, event.payload_truncated))
         self._score_principal(event, hits, out)
         if injection is not None and event.tool:
-            self._score_tool(event, event.server, event.tool, [injection], out)
+            self._score_tool(event, event.server, event.tool, [injection], out, self.settings.tool_blocks.from_results)
 
     def _definitions(self, event: GatewayEvent, out: Assessment) -> None:
         if self.drift is None and self.injection is None:
@@ -187,17 +205,26 @@ class RiskEngine:
         definitions = definitions_in(event.payload)
         if not definitions:
             return
+        server = event.server
+        accepted = self._tool_accepted
+        current = []  # the definitions an operator has not accepted (by unblocking the tool)
+        for definition in definitions:
+            key = (server, definition["name"])
+            digest = fingerprint(definition)
+            self._tool_latest.put(key, digest)
+            if not accepted or accepted.get(key) != digest:
+                current.append(definition)
         hits: dict[str, list[Hit]] = {}
         if self.drift is not None:
-            for name, hit in self.drift.observe(event.server, definitions):
+            for name, hit in self.drift.observe(server, current):
                 hits.setdefault(name, []).append(hit)
         if self.injection is not None:
-            for definition in definitions:
+            for definition in current:
                 text = "\n".join(json_strings(definition)).encode("utf-8", "surrogatepass")
                 if marked := self.injection.scan_text(text):
                     hits.setdefault(definition["name"], []).append(marked)
         for name, tool_hits in hits.items():
-            self._score_tool(event, event.server, name, tool_hits, out)
+            self._score_tool(event, server, name, tool_hits, out, True)
 
     # -- subjects -------------------------------------------------------------------------------------
 
@@ -223,13 +250,42 @@ class RiskEngine:
             self._blocks.note(decision)
             out.decisions.append(decision)
 
-    def _score_tool(self, event: GatewayEvent, server: str, tool: str, hits: list[Hit], out: Assessment) -> None:
+    def _score_tool(self, event: GatewayEvent, server: str, tool: str, hits: list[Hit], out: Assessment,
+                    may_block: bool) -> None:  # fmt: skip
+        """Score a tool; `may_block`: whether these hits can block it (see ToolBlockSettings)."""
         scored = self._score(self._tools, (server, tool), hits, event)
-        if scored is not None:
-            score, value, reasons, fired = scored
-            if score.due(value, reasons, fired, event.ts_us, self.settings.emit_delta, self._interval_us):
-                out.scores.append(self._row(event, score, value, reasons, "", "", f"tool:{server}/{tool}", None,
-                                            server or None, tool))  # fmt: skip
+        if scored is None:
+            return
+        score, value, reasons, fired = scored
+        ts = event.ts_us
+        subject = tool_subject(server, tool)
+        block = (may_block and fired and value >= self._tool_threshold and self.settings.tool_blocks.enabled
+                 and subject not in self._never_block
+                 and not self._blocks.in_force(DecisionScope.TOOL, None, subject, ts))  # fmt: skip
+        if block or score.due(value, reasons, fired, ts, self.settings.emit_delta, self._interval_us):
+            out.scores.append(self._row(event, score, value, reasons, "", "", f"tool:{subject}", None, server or None,
+                                        tool))  # fmt: skip
+        if block:
+            # No tenant: the upstream, and so the tool's definition, is the same for every tenant.
+            decision = Decision(
+                ts=ts, decision_id=f"risk-{event.event_id}/tool:{subject}", action=DecisionAction.BLOCK,
+                scope=DecisionScope.TOOL, subject=subject, tenant=None,
+                reason=f"risk score {value}: {', '.join(reasons)}", source=DecisionSource.RISK_ENGINE, actor=ACTOR,
+                expires_at=ts + self._ttl_us, risk_score=value, evidence_event_ids=list(score.evidence),
+            )  # fmt: skip
+            self._blocks.note(decision)
+            out.decisions.append(decision)
+
+    def _forgive_tool(self, subject: str) -> None:
+        key = parse_tool_subject(subject)
+        if key is None:  # a subject by bare or aggregated name: not one the engine blocks
+            return
+        self._tools.pop(key, None)
+        latest = self._tool_latest.get(key)
+        if latest is not None:
+            self._tool_accepted.put(key, latest)
+            if self.drift is not None:
+                self.drift.accept(key[0], key[1], latest)
 
     def _score_client(self, event: GatewayEvent, hits: list[Hit], out: Assessment) -> None:
         client = event.client_addr
@@ -289,7 +345,8 @@ class RiskEngine:
         return SubjectScore(self.settings.max_evidence)
 
     def _may_block(self, key: PrincipalKey, ts: int) -> bool:
-        return key[1] not in self._never_block and not self._blocks.in_force(key[0], key[1], ts)
+        blocks = self._blocks
+        return key[1] not in self._never_block and not blocks.in_force(DecisionScope.PRINCIPAL, key[0], key[1], ts)
 
     def _row(
         self, event: GatewayEvent, score: SubjectScore, value: int, reasons: list[str], tenant: str, principal: str,
@@ -303,3 +360,14 @@ class RiskEngine:
             signals={k: round(v, 2) for k, v in sorted(score.contributions.items())}, window_start=score.since,
             window_end=ts, event_id=event.event_id or None, scorer=SCORER,
         )  # fmt: skip
+
+
+def tool_subject(server: str, tool: str) -> str:
+    """A tool block's subject: `server/tool`, that server's tool only (server names have no `/`)."""
+    return f"{server}/{tool}"
+
+
+def parse_tool_subject(subject: str) -> ToolKey | None:
+    """(server, tool) of a `server/tool` subject; None for any other form."""
+    server, sep, tool = subject.partition("/")
+    return (server, tool) if sep and server and tool else None

@@ -154,13 +154,29 @@ class ToolDriftSettings(_Section):
     weight: float = Field(60.0, ge=0, le=100)
 
 
+class ToolBlockSettings(_Section):
+    """Blocking one server's tool for every caller when the tool's own score reaches the threshold.
+
+    A tool's score comes from its definition (`tool_drift`, `injection_marker` in its description
+    or schema) and from injection markers in its results. Only the definition can block the tool
+    unless `from_results` is set: a result carries what the caller asked for (an echo, a fetched
+    page, a mail), so counting results would let any one caller cut a shared tool off for everyone;
+    the caller who received the result is scored, and blocked, as a principal either way.
+    """
+
+    enabled: bool = True
+    threshold: int | None = Field(None, ge=1, le=100)  # None: the principals' `threshold`
+    from_results: bool = False  # injection markers in a tool's results may block the tool too
+
+
 class RiskSettings(_Section):
     """The whole `risk:` section; every field has a default, so `risk: {}` (or no section) is valid."""
 
-    threshold: int = Field(80, ge=1, le=100)  # a principal whose score reaches this is blocked
+    threshold: int = Field(80, ge=1, le=100)  # a principal (or tool) whose score reaches this is blocked
     ttl_s: float = Field(900.0, gt=0)  # how long a block lasts; re-blocked after if still over the threshold
     half_life_s: float = Field(300.0, gt=0)  # every contribution halves over this long
-    never_block: tuple[str, ...] = ("anonymous", "gateway")  # scored, never blocked: shared or system identities
+    # Scored, never blocked: principals (shared or system identities) and tools as `server/tool`.
+    never_block: tuple[str, ...] = ("anonymous", "gateway")
     reason_floor: float = Field(2.0, ge=0)  # a signal contributing less is not named in `reasons`, nor fires
     # Scores are published when a signal fired (at most once per `emit_interval_s` per subject
     # unless a new reason appears) or when the score moved by `emit_delta` since the last one.
@@ -182,3 +198,4 @@ class RiskSettings(_Section):
     pii_in_payload: PiiInPayloadSettings = PiiInPayloadSettings()
     auth_failures: AuthFailuresSettings = AuthFailuresSettings()
     tool_drift: ToolDriftSettings = ToolDriftSettings()
+    tool_blocks: ToolBlockSettings = ToolBlockSettings()

@@ -85,6 +85,42 @@ def test_tool_scope_follows_the_configured_separator_and_mode() -> None:
     assert target(unprefixed, "read", "fs") is None
 
 
+@pytest.mark.parametrize("naming", [Naming("__"), Naming("."), Naming(mode="none"), Naming(max_length=12)],
+                         ids=["default", "dotted", "unprefixed", "shortened"])
+def test_tool_scope_matches_the_qualified_name_whatever_the_naming(naming: Naming) -> None:
+    bl = Blocklist(naming)
+    decision = block(DecisionScope.TOOL, "time/get_current_time")  # the risk engine's form
+    bl.apply(decision)
+    assert target(bl, "get_current_time", "time") is decision
+    assert target(bl, "get_current_time", "clock") is None  # only that server's tool
+    assert target(bl, "convert_time", "time") is None
+    assert target(bl, "", "time") is None  # resources and prompts of that server are not the tool
+    assert bl.match_caller("bob", "acme", "", NOW) is None
+    bl.apply(unblock(DecisionScope.TOOL, "time/get_current_time"))
+    assert target(bl, "get_current_time", "time") is None and len(bl) == 0
+
+
+def test_a_qualified_tool_subject_splits_at_the_first_slash() -> None:
+    """Server names have no `/`; a tool's may: `fs/dir/list` is server fs's tool `dir/list`."""
+    bl = Blocklist()
+    decision = block(DecisionScope.TOOL, "fs/dir/list")
+    bl.apply(decision)
+    assert target(bl, "dir/list", "fs") is decision
+    assert target(bl, "dir/list", "fs2") is None
+
+
+def test_a_qualified_tool_block_for_every_tenant_and_one_for_a_tenant() -> None:
+    bl = Blocklist()
+    everyone = block(DecisionScope.TOOL, "calc/add", expires_at=NOW + 10)
+    for_acme = block(DecisionScope.TOOL, "calc/add", tenant="acme")
+    bl.apply(everyone)
+    bl.apply(for_acme)
+    assert target(bl, "add", "calc", tenant="globex") is everyone
+    assert target(bl, "add", "calc", tenant="acme") is everyone  # the tenant-wide one is looked up first
+    assert target(bl, "add", "calc", tenant="globex", now=NOW + 10) is None  # expired
+    assert target(bl, "add", "calc", tenant="acme", now=NOW + 10) is for_acme
+
+
 def test_server_scope_matches_every_call_to_that_server() -> None:
     bl = Blocklist()
     decision = block(DecisionScope.SERVER, "time")

@@ -6,7 +6,8 @@ server's whole list, whenever a server's tools change, first sight included) and
 responses to tools/list. Each tool is fingerprinted by SHA-256 over its canonical JSON, per
 (server, tool name); the first fingerprint seen is the reference, and any later different one is
 drift. A tool that disappears and comes back unchanged is not drift. The reference is kept, so a
-tool flapping between two definitions fires on every change away from the first.
+tool flapping between two definitions fires on every change away from the first, until an
+operator's unblock of the tool makes its latest definition the reference (`accept`).
 """
 
 from __future__ import annotations
@@ -65,3 +66,7 @@ class ToolDrift:
             first = self._first.keep((server, name), digest)
             if first != digest:
                 yield name, Hit(NAME, 1.0)
+
+    def accept(self, server: str, name: str, digest: str) -> None:
+        """Make `digest` the tool's reference (an operator reviewed that definition): no drift for it."""
+        self._first.put((server, name), digest)

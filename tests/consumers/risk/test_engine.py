@@ -195,8 +195,9 @@ def test_state_is_bounded() -> None:
         run(engine, [unauthenticated(T0 + i * SECOND, f"203.0.113.{i % 250}"), resource_read(T0 + i * SECOND,
                                                                                           session_id=f"s{i}")])
     sizes = engine.state_sizes()
-    bounds = {"principals": 20, "tools": 10, "clients": 5, "blocks": 20, "recent_event_ids": 100, "request_rate": 20,
-              "rare_tool": 20, "sensitive_sequence": 30, "auth_failures": 5, "tool_drift": 10}  # fmt: skip
+    bounds = {"principals": 20, "tools": 10, "clients": 5, "blocks": 30, "recent_event_ids": 100, "request_rate": 20,
+              "rare_tool": 20, "sensitive_sequence": 30, "auth_failures": 5, "tool_drift": 10, "tool_definitions": 10,
+              "accepted_definitions": 10}  # fmt: skip
     assert set(sizes) == set(bounds)
     assert all(sizes[k] <= bounds[k] for k in bounds), sizes
     assert sizes["principals"] == 20 and sizes["recent_event_ids"] == 100
@@ -226,7 +227,8 @@ def test_tool_drift_scores_the_tool() -> None:
     assert (row.tenant, row.principal, row.server, row.tool) == ("", "", "calc", "add")
     assert set(row.reasons) == {"tool_drift", "injection_marker"} and row.score == 100
     assert row.score_id == f"{events[2].event_id}/tool:calc/add"
-    assert decisions(out) == []
+    [block] = decisions(out)  # the tool's own block: tests/consumers/risk/test_tool_blocks.py
+    assert (block.scope, block.subject, block.tenant) == (DecisionScope.TOOL, "calc/add", None)
 
 
 def test_a_poisoned_description_scores_the_tool_at_first_sight() -> None:
@@ -236,7 +238,7 @@ def test_a_poisoned_description_scores_the_tool_at_first_sight() -> None:
     out = run(RiskEngine(), [tools_listed(T0, "notes", listing)])
     [row] = scores(out)
     assert (row.tool, row.reasons, row.score) == ("notes_sync", ["injection_marker"], 90)
-    assert decisions(out) == []
+    assert [(d.scope, d.subject) for d in decisions(out)] == [(DecisionScope.TOOL, "notes/notes_sync")]
 
 
 def test_never_block_principals_are_scored_only() -> None:
