@@ -16,9 +16,10 @@ no commit) and the engine ends up where it was; from the committed offset on, as
 published. A restart therefore neither forgets a principal's history nor publishes twice.
 
 The consumer also reads `mcp.decisions`, so the engine learns of the blocks and unblocks others
-took (an operator, a Grafana alert): an unblock forgives the principal's score, which would
-otherwise block it again. A decision is noted just before the first event at or after its time,
-so a replay, however the two topics interleave, applies it at the same place.
+took (an operator, a Grafana alert): an unblock forgives the principal's (or tool's) score, which
+would otherwise block it again; a tool's unblock also accepts its latest definition. A decision
+is noted just before the first event at or after its time, so a replay, however the two topics
+interleave, applies it at the same place.
 
 Latency over throughput: whatever one poll returned is published at the end of that poll (the
 `Batch` step has no age bound to wait for), scores and decisions concurrently, and only then are

@@ -8,7 +8,9 @@ quieter history, or one tool result carrying a hidden directive in invisible Uni
 principal on its own, while ordinary use (a few calls per second over varied tools, now and then
 personal data, a secret or an exfiltration-shaped sequence) stays below the threshold: the weak
 signals (`rare_tool`, `pii_in_payload`, `secret_in_payload`) and `sensitive_sequence` block only
-together, or beside a strong one.
+together, or beside a strong one. A tool is blocked (for everyone) on its definition: a hidden
+directive in it, or a change after first sight beside any marker; a changed definition alone
+(`tool_drift`, 60) takes `tool_blocks.threshold: 60`.
 """
 
 from __future__ import annotations
