@@ -27,26 +27,32 @@ def _per(count: int | None, syncs: int) -> float | None:
     return count / syncs if count is not None and syncs else None
 
 
-def disk_floor(floors: Sequence[FloorSample], round_p50s: Mapping[str, Sequence[float]]) -> dict[str, Any]:
-    """The floor of a strict c=1 call per round (the relay's Δp50 + two write+fdatasync), and each
-    gateway path's Δp50 beyond it (median over rounds). `round_p50s`: each path's c=1 p50 per round."""
-    medians = [f.median_ms for f in floors]
+def call_floor(durable_ms: Sequence[float], round_p50s: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """The floor of a strict c=1 call per round (the relay's Δp50 + two durable appends of
+    `durable_ms`), and each gateway path's Δp50 beyond it (median over rounds). `round_p50s`: each
+    path's c=1 p50 per round."""
     direct = round_p50s[DIRECT]
     relay = round_p50s.get(RELAY, direct)  # without a relay path, the hop's floor is taken as zero
-    call_floor = [(r - d) + 2 * f for r, d, f in zip(relay, direct, medians, strict=False)]
+    floor = [(r - d) + 2 * f for r, d, f in zip(relay, direct, durable_ms, strict=False)]
     beyond: dict[str, float] = {}
     for key, p50s in round_p50s.items():
         if key not in (DIRECT, RELAY):
-            per_round = [g - d - c for g, d, c in zip(p50s, direct, call_floor, strict=False)]
-            beyond[key] = statistics.median(per_round)
+            beyond[key] = statistics.median([g - d - c for g, d, c in zip(p50s, direct, floor, strict=False)])
+    return {
+        "per_round_ms": list(durable_ms),
+        "median_ms": statistics.median(durable_ms),
+        "call_floor_ms": statistics.median(floor) if floor else None,
+        "relay_in_floor": RELAY in round_p50s,
+        "beyond_floor_ms": beyond,
+    }
+
+
+def disk_floor(floors: Sequence[FloorSample], round_p50s: Mapping[str, Sequence[float]]) -> dict[str, Any]:
+    """`call_floor` on the disk's write+fdatasync, with the device's I/Os per sync."""
     syncs = sum(f.syncs for f in floors)
     writes, flushes = _sum([f.writes for f in floors]), _sum([f.flushes for f in floors])
     return {
-        "per_round_ms": medians,
-        "median_ms": statistics.median(medians),
-        "call_floor_ms": statistics.median(call_floor) if call_floor else None,
-        "relay_in_floor": RELAY in round_p50s,
-        "beyond_floor_ms": beyond,
+        **call_floor([f.median_ms for f in floors], round_p50s),
         "syncs": syncs,
         "device_writes": writes,
         "device_flushes": flushes,
@@ -78,20 +84,36 @@ def relay_line(cells: Sequence[Mapping[str, Any]]) -> list[str]:
     ]
 
 
+def _floor_tail(floor: Mapping[str, Any], labels: Mapping[str, str], what: str) -> str:
+    beyond = ", ".join(f"{labels[k].split(' (')[0]} {_f(v, 2, True)} ms" for k, v in floor["beyond_floor_ms"].items())
+    relay = "the bare relay's Δp50 + " if floor["relay_in_floor"] else ""
+    return (
+        f"Floor of a strict c=1 call = {relay}twice {what} (per round, median): "
+        f"**{_f(floor['call_floor_ms'], 2, True)} ms**; each path's Δp50 beyond it: {beyond}."
+    )
+
+
 def disk_floor_line(floor: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
     rounds = ", ".join(f"{f:.2f}" for f in floor["per_round_ms"])
-    beyond = ", ".join(f"{labels[k].split(' (')[0]} {_f(v, 2, True)} ms" for k, v in floor["beyond_floor_ms"].items())
     device = (
         f"device writes per write+fdatasync: **{_f(floor['writes_per_sync'])}**, flushes "
         f"**{_f(floor['flushes_per_sync'])}** ({floor['syncs']} syncs"
     )
     idle = floor.get("idle_writes")
     device += f"; {idle} writes by other processes in equally long idle windows)" if idle else ")"
-    relay = "the bare relay's Δp50 + " if floor["relay_in_floor"] else ""
     return [
         f"- The disk's floor, measured after every c=1 round on the same filesystem (`bench/disk_floor.py`: "
         f"one hop's 1.6 KB written into preallocated space + fdatasync, 100 times, 1 ms apart): median "
-        f"**{floor['median_ms']:.3f} ms** (rounds: {rounds}); {device}. Floor of a strict c=1 call = "
-        f"{relay}twice the disk's floor (per round, median): **{_f(floor['call_floor_ms'], 2, True)} ms**; "
-        f"each path's Δp50 beyond it: {beyond}."
+        f"**{floor['median_ms']:.3f} ms** (rounds: {rounds}); {device}. "
+        + _floor_tail(floor, labels, "the disk's floor")
+    ]
+
+
+def produce_floor_line(floor: Mapping[str, Any], labels: Mapping[str, str]) -> list[str]:
+    rounds = ", ".join(f"{f:.2f}" for f in floor["per_round_ms"])
+    return [
+        f"- The broker's floor, measured after every c=1 round on the same broker (`bench/produce_floor.py`: "
+        f"the project's producer with the gateway's settings appending one hop's two 800-byte records, acks=all, "
+        f"100 times, 1 ms apart; includes the client's own encoding): median **{floor['median_ms']:.3f} ms** "
+        f"(rounds: {rounds}). " + _floor_tail(floor, labels, "that round trip")
     ]

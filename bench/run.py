@@ -62,7 +62,7 @@ import aiohttp
 
 from bench.disk_floor import FloorSample
 from bench.disk_floor import measure as measure_disk_floor
-from bench.floor_report import disk_floor, disk_floor_line, relay_line
+from bench.floor_report import call_floor, disk_floor, disk_floor_line, produce_floor_line, relay_line
 from bench.loadgen import (
     ACCEPT,
     LEGACY_VERSION,
@@ -73,6 +73,7 @@ from bench.loadgen import (
     legacy_handshake,
     percentile_ms,
 )
+from bench.produce_floor import produce_ms
 
 REPO = Path(__file__).resolve().parents[1]
 OUT = REPO / "bench" / "out"
@@ -350,6 +351,8 @@ class Setup:
     floors: list[FloorSample] = field(default_factory=list)  # one after each c=1 round
     relay_port: int = 0
     relay_pid: int | None = None  # bench.relay: a bare TCP hop in front of the upstream, a baseline
+    kafka_bootstrap: str | None = None  # kafka: where to measure a produce round trip after each c=1 round
+    produce_ms: list[float] = field(default_factory=list)
 
     @property
     def gateway(self) -> str:
@@ -539,6 +542,9 @@ async def measure_rounds(
                 setup.floors.append(await asyncio.to_thread(measure_disk_floor, setup.floor_dir))
                 floor = setup.floors[-1]
                 line.append(f"disk write+fdatasync p50 {floor.median_ms:.3f}ms, device writes {floor.writes}")
+            if c == 1 and setup.kafka_bootstrap is not None:
+                setup.produce_ms.append(await produce_ms(setup.kafka_bootstrap))
+                line.append(f"produce round trip p50 {setup.produce_ms[-1]:.3f}ms")
             say(f"round {r + 1}/{plan.rounds} c={c}: " + " | ".join(line))
     return rounds, cells
 
@@ -919,6 +925,8 @@ def render(report: dict[str, Any]) -> str:
     log_lines += relay_line(report["cells"])
     if report.get("disk_floor"):
         log_lines += disk_floor_line(report["disk_floor"], labels)
+    if report.get("produce_floor"):
+        log_lines += produce_floor_line(report["produce_floor"], labels)
     ratio_lines = []
     for cell in report["cells"]:
         if cell.get("p50_ratio") and cell.get("gateway_cpu_vs_direct_upstream"):
@@ -1132,7 +1140,7 @@ async def run_all(
     gateway = procs.start("gateway", [*argv, "ingress", "-c", str(config_path)], logs / "gateway.log")
     setup = Setup(
         upstream_port, gateway_port, gateway.pid, upstream.pid, args.upstream_protocol, args.era, config,
-        args.event_log, broker_pid, relay_port=relay_port, relay_pid=relay.pid,
+        args.event_log, broker_pid, relay_port=relay_port, relay_pid=relay.pid, kafka_bootstrap=bootstrap,
     )  # fmt: skip
     if args.event_log == "embedded":
         detail = f"data_dir on {filesystem_of(data_dir)}"
@@ -1204,6 +1212,9 @@ async def run_all(
         "profile": {k: v for k, v in profile.items() if k != "summary"} if profile else None,
         "disk_floor": disk_floor(setup.floors, {t.key: cells[(t.key, 1)].round_p50s for t in paths})
         if setup.floors and 1 in plan.concurrencies
+        else None,
+        "produce_floor": call_floor(setup.produce_ms, {t.key: cells[(t.key, 1)].round_p50s for t in paths})
+        if setup.produce_ms
         else None,
     }
     return report
