@@ -11,7 +11,9 @@ appends as it does between calls at c=1, and reports the c=1 latency beside it.
 It also counts what the block device completed meanwhile (write and flush requests, from sysfs), so
 the report shows what one fdatasync costs in device I/Os: on ext4 without a journal, the data, in
 some of them also the file's inode block, then a cache flush. An equally long idle window right after
-counts what other processes wrote to the same device, so that noise is seen rather than assumed.
+counts what other processes wrote to the same device, so that noise is seen rather than assumed, and
+a few fdatasync with nothing dirty count what a sync costs the device by itself: on this host's
+kernel (6.18) the cache flush's empty write bio counts as a write too (1.0 write and 1.0 flush each).
 """
 
 from __future__ import annotations
@@ -46,6 +48,8 @@ class FloorSample:
     writes: int | None = None
     flushes: int | None = None
     idle_writes: int | None = None  # other processes' writes in an equally long window with no syncs
+    bare_syncs: int = 0  # fdatasync with nothing dirty, after the measured ones
+    bare_writes: int | None = None  # the device's writes during those
 
 
 def parse_block_stat(text: str) -> DeviceCounts | None:
@@ -79,7 +83,7 @@ def _delta(before: DeviceCounts | None, after: DeviceCounts | None) -> tuple[int
     return after.writes - before.writes, flushes
 
 
-def measure(directory: Path, samples: int = 100, gap_s: float = 0.001) -> FloorSample:
+def measure(directory: Path, samples: int = 100, gap_s: float = 0.001, bare: int = 20) -> FloorSample:
     """`samples` write+fdatasync of one hop into preallocated space under `directory`, and the device's I/Os."""
     path = directory / f".disk-floor-{os.getpid()}"
     fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o600)
@@ -107,9 +111,14 @@ def measure(directory: Path, samples: int = 100, gap_s: float = 0.001) -> FloorS
         window = time.perf_counter() - began
         after = read_counts(stat_path)
         time.sleep(window)
-        idle_writes, _ = _delta(after, read_counts(stat_path))
+        idle_start = read_counts(stat_path)
+        idle_writes, _ = _delta(after, idle_start)
+        for _ in range(bare):
+            os.fdatasync(fd)
+            time.sleep(gap_s)
+        bare_writes, _ = _delta(idle_start, read_counts(stat_path))
         writes, flushes = _delta(before, after)
-        return FloorSample(statistics.median(took), samples, writes, flushes, idle_writes)
+        return FloorSample(statistics.median(took), samples, writes, flushes, idle_writes, bare, bare_writes)
     finally:
         os.close(fd)
         path.unlink(missing_ok=True)

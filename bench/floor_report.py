@@ -59,6 +59,7 @@ def disk_floor(floors: Sequence[FloorSample], round_p50s: Mapping[str, Sequence[
         "writes_per_sync": _per(writes, syncs),
         "flushes_per_sync": _per(flushes, syncs),
         "idle_writes": _sum([f.idle_writes for f in floors]),
+        "writes_per_bare_sync": _per(_sum([f.bare_writes for f in floors]), sum(f.bare_syncs for f in floors)),
     }
 
 
@@ -99,6 +100,12 @@ def disk_floor_line(floor: Mapping[str, Any], labels: Mapping[str, str]) -> list
         f"device writes per write+fdatasync: **{_f(floor['writes_per_sync'])}**, flushes "
         f"**{_f(floor['flushes_per_sync'])}** ({floor['syncs']} syncs"
     )
+    bare = floor.get("writes_per_bare_sync")
+    if bare is not None and floor["writes_per_sync"] is not None:
+        device += (
+            f"; a bare fdatasync with nothing dirty counts {bare:.2f} writes, the cache flush's own, so "
+            f"{floor['writes_per_sync'] - bare:.2f} are the data and the file's metadata"
+        )
     idle = floor.get("idle_writes")
     device += f"; {idle} writes by other processes in equally long idle windows)" if idle else ")"
     return [

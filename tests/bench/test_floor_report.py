@@ -20,12 +20,13 @@ def test_the_floor_is_the_relay_hop_plus_two_durable_appends_per_round() -> None
 
 
 def test_device_counts_per_sync_and_unknown_counts() -> None:
-    known = disk_floor([FloorSample(0.3, 100, 163, 100, 0)] * 3, P50S)
-    assert (known["writes_per_sync"], known["flushes_per_sync"]) == (pytest.approx(1.63), pytest.approx(1.0))
+    known = disk_floor([FloorSample(0.3, 100, 263, 100, 0, 20, 20)] * 3, P50S)
+    assert (known["writes_per_sync"], known["flushes_per_sync"]) == (pytest.approx(2.63), pytest.approx(1.0))
     unknown = disk_floor([FloorSample(0.3, 100, 163, 100), FloorSample(0.3, 100)], {"direct": [0.5, 0.6]})
     assert unknown["writes_per_sync"] is None and unknown["beyond_floor_ms"] == {}
     assert "device writes per write+fdatasync: **n/a**, flushes **n/a**" in disk_floor_line(unknown, LABELS)[0]
-    assert "**1.63**, flushes **1.00**" in disk_floor_line(known, LABELS)[0]
+    line = disk_floor_line(known, LABELS)[0]
+    assert "**2.63**, flushes **1.00**" in line and "counts 1.00 writes, the cache flush's own, so 1.63 are" in line
 
 
 def test_the_relay_line() -> None:
