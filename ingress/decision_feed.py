@@ -4,7 +4,10 @@ At start the feed reads the topic from its beginning up to the end it had when t
 (every replica reads every decision: no consumer group shares them out), folds it, and records
 one `decision_applied` event summarising what was loaded and what is in force. Only then does the
 gateway serve, so a restarted ingress enforces the same blocks. Afterwards it follows the topic
-and records a `decision_applied` event for every decision it applies.
+and records a `decision_applied` event for every decision it applies; then `on_block` (the
+gateway's stream cut-off, `ingress.block_cutoff`) gets each caller-scope block in force, so the
+blocked caller's open streams end in the same pass. Blocks folded at start need no cut: no agent
+is connected yet.
 
 `publish` appends a decision (key = its compaction key, value = its Avro encoding) and waits,
 bounded, until this replica's feed has applied it, so the admin API's answer means "in force here".
@@ -21,13 +24,14 @@ import asyncio
 import contextlib
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Protocol
 
 import orjson
 
 from eventlog.base import TOPIC_DECISIONS, LogError, LogUnavailable, Producer, Record, TopicPartition
+from ingress.block_reach import reaches_callers
 from ingress.blocklist import Applied, Blocklist, describe, until
 from ingress.decision_input import decision_json
 from ingress.recorder import Recorder, system_context
@@ -100,13 +104,14 @@ def _context(decision: Decision) -> CallContext:
 class DecisionFeed:
     def __init__(self, blocklist: Blocklist, recorder: Recorder, decision_log: DecisionLog | None = None, *,
                  clock: Callable[[], int] = now_us, rebuild_timeout_s: float = 30.0,
-                 apply_timeout_s: float = 5.0) -> None:
+                 apply_timeout_s: float = 5.0, on_block: Callable[[Decision], Awaitable[None]] | None = None) -> None:
         self.blocklist = blocklist
         self.recorder = recorder
         self.log = decision_log
         self.clock = clock
         self.rebuild_timeout_s = rebuild_timeout_s
         self.apply_timeout_s = apply_timeout_s
+        self.on_block = on_block
         self.codec = DecisionCodec()
         self.applied = 0  # decisions folded since start, the rebuild included
         self._waiting: dict[str, asyncio.Future[None]] = {}
@@ -245,6 +250,12 @@ class DecisionFeed:
                   f"{f' ({decision.actor})' if decision.actor else ''}: {decision.reason or 'no reason given'}")
         log.info("%s", detail)
         await self._record(_context(decision), detail, Outcome.OK, orjson.dumps(decision_json(decision)))
+        if self.on_block is not None and reaches_callers(decision, now):
+            try:
+                await self.on_block(decision)
+            except Exception:
+                # The block is in force for every next message either way; only the cut failed.
+                log.exception("ending the streams decision %s covers failed", decision.decision_id)
 
     async def _record_rebuild(self, read: int, skipped: int, expired: list[Decision]) -> None:
         active = self.blocklist.active(self.clock())

@@ -2,7 +2,9 @@
 
 It owns lifecycles (start, stop, session expiry) and what reaches agents without being asked:
 change notifications and logs from upstreams, fanned out to the legacy sessions and modern
-`subscriptions/listen` streams that want them. Per-message decisions live in `dispatch`.
+`subscriptions/listen` streams that want them. Per-message decisions live in `dispatch`; a block
+applied here also ends the blocked caller's open streams and withholds what would reach them
+(`ingress.block_cutoff`).
 """
 
 from __future__ import annotations
@@ -18,6 +20,7 @@ import orjson
 
 from ingress.audit_query import AuditQuery
 from ingress.auth import Authenticator
+from ingress.block_cutoff import BlockCutoff
 from ingress.blocklist import Blocklist
 from ingress.catalog import Catalog
 from ingress.config import HttpServerConfig, IngressConfig, StdioServerConfig
@@ -40,6 +43,7 @@ from ingress.upstreams.base import (
     UpstreamStatus,
 )
 from ingress.upstreams.stdio import StdioUpstream
+from schemas.decisions import Decision
 from schemas.events import EventType, Outcome
 from schemas.payload import PayloadPolicy
 
@@ -103,7 +107,9 @@ class Gateway:
         self.resource_subscriptions = ResourceSubscriptions(lambda: self.upstreams, self._unsolicited,
                                                             config.limits.request_timeout_s)
         self.blocklist = Blocklist(naming)
-        self.decisions = DecisionFeed(self.blocklist, self.recorder, decision_log)
+        self.decisions = DecisionFeed(self.blocklist, self.recorder, decision_log, on_block=self._cut_off)
+        self.cutoff = BlockCutoff(self.blocklist, self.recorder, self.decisions.clock)
+        self.sessions.gate = self.cutoff
         self.audit_query = audit_query
         self.dispatcher = Dispatcher(lambda: self.upstreams, self.catalog, config.limits, self.resource_subscriptions,
                                      blocklist=self.blocklist, recorder=self.recorder)
@@ -163,7 +169,7 @@ class Gateway:
             for session in self.sessions.expired():
                 await self.close_session(session, "idle timeout")
 
-    async def close_session(self, session: AgentSession, reason: str) -> None:
+    async def close_session(self, session: AgentSession, reason: str, outcome: Outcome = Outcome.OK) -> None:
         if self.sessions.close(session.id) is None:
             return
         for uri, server in session.subscriptions.items():
@@ -173,7 +179,13 @@ class Gateway:
             if release is not None:
                 await release(session.id)
         ctx = system_context(session_id=session.id, principal=session.principal, tenant=session.tenant)
-        await self.recorder.lifecycle(EventType.SESSION_CLOSED, ctx, detail=reason, server=session.target)
+        await self.recorder.lifecycle(EventType.SESSION_CLOSED, ctx, detail=reason, server=session.target,
+                                      outcome=outcome)
+
+    async def _cut_off(self, decision: Decision) -> None:
+        """A caller-scope block was applied: end the covered callers' open streams now."""
+        listeners = [(listener.ctx, listener.outbox) for listener in self.listeners]
+        await self.cutoff.cut(decision, self.sessions, listeners, self.close_session)
 
     # -- upstream events -----------------------------------------------------------------------------
 
@@ -207,6 +219,10 @@ class Gateway:
                               era="legacy", protocol_version=session.protocol_version, transport=session.transport,
                               method=method, server=server)
             wire = orjson.dumps(body)
+            blocked = self.cutoff.blocking(session.principal, session.tenant, session.id)
+            if blocked is not None:
+                await self.cutoff.withhold(ctx, blocked, body, wire)
+                continue
             await self.recorder.agent_sent(ctx, body, wire, final=False)
             session.push(wire)
         for listener in list(self.listeners):
@@ -216,6 +232,11 @@ class Gateway:
                                               META_SUBSCRIPTION_ID: listener.subscription_id}}
             out = {"jsonrpc": "2.0", "method": method, "params": out_params}
             wire = orjson.dumps(out)
+            lctx = listener.ctx
+            blocked = self.cutoff.blocking(lctx.principal, lctx.tenant, lctx.session_id)
+            if blocked is not None:
+                await self.cutoff.withhold(lctx, blocked, out, wire)
+                continue
             await self.recorder.agent_sent(listener.ctx, out, wire, final=False)
             listener.outbox.put_nowait(wire)
 

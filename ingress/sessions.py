@@ -3,7 +3,8 @@
 A session belongs to the principal that opened it: another principal presenting its id gets 404,
 as if it did not exist. Sessions idle past the timeout are closed. Each holds the streams the
 gateway pushes to (the GET stream or the SSE connection) and the agent's answers it awaits for
-server-to-client requests.
+server-to-client requests, and the gate that withholds server-to-agent messages from it while its
+caller is blocked (`ingress.block_cutoff`).
 """
 
 from __future__ import annotations
@@ -14,9 +15,12 @@ import secrets
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from ingress.upstreams.base import JsonObject
+
+if TYPE_CHECKING:
+    from ingress.block_cutoff import BlockCutoff
 
 # Queue items are ready-to-send JSON bytes; None closes the stream.
 Outbox = asyncio.Queue[bytes | None]
@@ -70,6 +74,8 @@ class AgentSession:
     inflight: dict[Any, asyncio.Task[Any]] = field(default_factory=dict)
     subscriptions: dict[str, str] = field(default_factory=dict)  # resource URI -> server
     stream_logs: dict[int, StreamLog] = field(default_factory=dict)
+    # Consulted before anything unsolicited goes to the agent (None: no blocklist, as in unit tests).
+    gate: BlockCutoff | None = None
     _ids: Iterator[int] = field(default_factory=lambda: itertools.count(1))
 
     def next_request_id(self) -> str:
@@ -116,6 +122,7 @@ class SessionRegistry:
         self.max_sessions = max_sessions
         self.idle_timeout_s = idle_timeout_s
         self._sessions: dict[str, AgentSession] = {}
+        self.gate: BlockCutoff | None = None  # handed to every session opened
 
     def __len__(self) -> int:
         return len(self._sessions)
@@ -126,7 +133,7 @@ class SessionRegistry:
     def open(self, principal: str, tenant: str, target: str, transport: str) -> AgentSession:
         if len(self._sessions) >= self.max_sessions:
             raise SessionLimitReached(f"the gateway holds its maximum of {self.max_sessions} sessions")
-        session = AgentSession(secrets.token_hex(16), principal, tenant, target, transport)
+        session = AgentSession(secrets.token_hex(16), principal, tenant, target, transport, gate=self.gate)
         self._sessions[session.id] = session
         return session
 

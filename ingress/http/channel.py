@@ -4,6 +4,10 @@ A call starts out expecting a single JSON answer. The first notification or serv
 request the upstream sends during the call turns the response into an SSE stream (if the agent
 accepts one), carrying those messages and then the final response. Every message is recorded
 before it is written. The legacy HTTP+SSE transport writes everything to the session stream.
+
+While the session's caller is blocked, what the upstream sends towards the agent is withheld and
+recorded instead (`ingress.block_cutoff`); a withheld server request is answered upstream with
+the block's -32012 error.
 """
 
 from __future__ import annotations
@@ -83,6 +87,12 @@ class AgentChannel:
             if not level_allows(threshold, params.get("level")):
                 return
         wire = orjson.dumps(body)
+        session = self.session
+        if session is not None and session.gate is not None:
+            decision = session.gate.blocking(session.principal, session.tenant, session.id)
+            if decision is not None:
+                await session.gate.withhold(self.ctx, decision, body, wire)
+                return
         await self.recorder.agent_sent(self.ctx, body, wire, final=False)
         await self._emit(wire)
 
@@ -95,6 +105,12 @@ class AgentChannel:
         if capability is not None and not session.supports(capability):
             return error_body(body.get("id"), METHOD_NOT_FOUND,
                               f"the agent did not declare the {capability!r} capability")
+        gate = session.gate
+        if gate is not None:
+            decision = gate.blocking(session.principal, session.tenant, session.id)
+            if decision is not None:
+                await gate.withhold(self.ctx, decision, body, orjson.dumps(body))
+                return gate.answer(body.get("id"), decision)
         agent_id = session.next_request_id()
         out = {**body, "id": agent_id}
         wire = orjson.dumps(out)

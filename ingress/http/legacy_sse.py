@@ -1,7 +1,10 @@
 """The deprecated HTTP+SSE transport (2024-11-05) for old agents: GET /sse, POST /messages.
 
 The SSE connection is the session: it opens with an `endpoint` event naming where to POST, every
-answer travels back on it, and closing it ends the session.
+answer travels back on it, and closing it ends the session. A block applied while it is open ends
+it, and with it the session (`ingress.block_cutoff`). A blocked caller may still connect: this
+stream is where the -32012 refusals of its requests, naming the decision, reach it (an HTTP error
+on connect would hide them); nothing else is pushed to it while the block lasts.
 """
 
 from __future__ import annotations

@@ -1,4 +1,10 @@
-"""GET and DELETE on the MCP endpoints: a 2025-11-25 session's standalone stream, its resumption, its end."""
+"""GET and DELETE on the MCP endpoints: a 2025-11-25 session's standalone stream, its resumption, its end.
+
+A blocked caller's GET (a new stream or a resumption) is refused with HTTP 403 and the JSON-RPC
+error -32012 naming the decision, recorded as `message_refused` with outcome `blocked`, like its
+other messages; a block applied while the stream is open ends it (`ingress.block_cutoff`).
+DELETE passes: ending a session only stops work.
+"""
 
 from __future__ import annotations
 
@@ -8,6 +14,8 @@ import contextlib
 from aiohttp import web
 from mcp_types import INVALID_REQUEST
 
+from ingress import errors
+from ingress.blocklist import refusal
 from ingress.gateway import Gateway
 from ingress.http.admission import SESSION_HEADER, admit, base_context, refuse, target_of, unknown_server
 from ingress.http.channel import RETRY_MS, SSE_HEADERS, pump, sse_event
@@ -50,6 +58,10 @@ class SessionStreams:
             return session
         if "text/event-stream" not in request.headers.get("Accept", "text/event-stream"):
             return web.Response(status=406, text="Not Acceptable: GET streams are text/event-stream")
+        decision = self.gateway.cutoff.blocking(ctx.principal, ctx.tenant, session.id)
+        if decision is not None:
+            message, data = refusal(decision)
+            return await refuse(self.gateway, ctx, 403, errors.BLOCKED, message, Outcome.BLOCKED, data=data)
         last_event_id = request.headers.get("Last-Event-ID")
         if last_event_id:
             return await self._resume(request, session, last_event_id)
