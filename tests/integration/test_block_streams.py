@@ -24,11 +24,14 @@ from tests.integration.rawmcp import (
     LegacySession,
     SseStream,
     bound_module_tests,
+    modern_body,
+    modern_headers,
     open_legacy,
     parse_sse,
     wait_until,
 )
 from tests.support.admin import ADMIN_TOKEN, BLOCKED, bearer, decide, sha256
+from tests.support.durable import wait_for
 from tests.support.gateway import RunningGateway, reference_server_stdio, running_gateway
 
 pytestmark = [pytest.mark.integration, pytest.mark.asyncio(loop_scope="module")]
@@ -165,6 +168,47 @@ async def test_a_tenant_qualified_block_cuts_only_that_tenants_streams(
                  {"scope": "session", "subject": alice.id, "tenant": "acme"}):
         await decide(http, gw.base, action="unblock", **undo)
     assert await alice.delete() == 200
+
+
+async def test_a_modern_listen_stream_of_a_blocked_principal_ends(
+        gw: RunningGateway, http: aiohttp.ClientSession) -> None:
+    body = modern_body("subscriptions/listen", {"notifications": {"toolsListChanged": True}}, "L-alice")
+    headers = {"Accept": "application/json, text/event-stream", **modern_headers("subscriptions/listen"), **ALICE}
+    async with http.post(gw.url, json=body, headers=headers, timeout=STREAM_TIMEOUT) as resp:
+        stream = SseStream(resp)
+        ack = await stream.next()
+        assert ack is not None and ack["method"] == "notifications/subscriptions/acknowledged"
+        mark = len(gw.sink.events)
+        decision = await decide(http, gw.base, scope="tenant", subject="acme")
+        assert await stream.ended(10)
+        cuts = cut_events(gw.sink.events[mark:], decision["decision_id"])
+        assert len(cuts) == 1 and "subscriptions/listen stream ended" in cuts[0].detail
+        assert cuts[0].principal == "alice" and cuts[0].tenant == "acme"
+    await decide(http, gw.base, action="unblock", scope="tenant", subject="acme")
+
+
+async def test_a_block_with_a_ttl_cuts_the_stream_and_new_streams_work_once_it_expires(
+        gw: RunningGateway, http: aiohttp.ClientSession) -> None:
+    bob = await open_legacy(http, gw.url, BOB)
+    async with get_stream(http, bob) as bob_get:
+        await streams_open(gw, bob.id)
+        mark = len(gw.sink.events)
+        decision = await decide(http, gw.base, scope="principal", subject="bob", ttl_s=2)
+        assert await SseStream(bob_get).ended(10)
+        assert len(cut_events(gw.sink.events[mark:], decision["decision_id"])) == 1
+
+    async def reopened() -> bool:
+        async with get_stream(http, bob) as resp:
+            if resp.status != 200:
+                assert resp.status == 403 and (await resp.json())["error"]["code"] == BLOCKED
+                return False
+            await streams_open(gw, bob.id)
+            await bob.call(TRIGGER)
+            await SseStream(resp).until(lambda m: m.get("method") == LIST_CHANGED)
+            return True
+
+    await wait_for(reopened, 15, "the block to expire", interval_s=0.2)
+    assert await bob.delete() == 200
 
 
 async def test_a_server_request_for_a_blocked_agent_is_withheld_and_answered_upstream(
