@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from ingress.naming import Naming
-from schemas.decisions import Decision, DecisionAction, DecisionScope
+from schemas.decisions import Decision, DecisionAction, DecisionScope, tool_subject
 
 # subject -> tenant qualifier (None = every tenant) -> the block in force for that key
 _Subjects = dict[str, dict[str | None, Decision]]
@@ -155,7 +155,7 @@ class Blocklist:
         if self._tool and tool:
             found = _find(self._tool, tool, tenant, now_us)
             if found is None and server:
-                found = _find(self._tool, f"{server}/{tool}", tenant, now_us) or \
+                found = _find(self._tool, tool_subject(server, tool), tenant, now_us) or \
                     _find(self._tool, self.naming.expose(server, tool), tenant, now_us)
             if found is not None:
                 return found

@@ -42,7 +42,8 @@ def _text(body: dict[str, Any], name: str, required: bool, default: str = "") ->
 
 
 _HINTS = {
-    "subject": "the principal, session id, tenant, tool or server name the decision is about",
+    "subject": ("the principal, session id, tenant or server name the decision is about; a tool as `name` "
+                "(on every server), `server/name` or its aggregated name"),
     "reason": "say why (the blocked agent sees it, and the audit trail keeps it)",
     "actor": "who decided (defaults to the admin credential)",
 }

@@ -58,7 +58,9 @@ def add_parsers(sub: argparse._SubParsersAction[argparse.ArgumentParser]) -> Non
     for action in ("block", "unblock"):
         p = sub.add_parser(action, help=f"{action} a principal, session, tenant, tool or server (admin API)")
         p.add_argument("--scope", required=True, choices=SCOPES, help="what kind of subject the decision is about")
-        p.add_argument("--subject", required=True, help="who or what, e.g. the principal's name")
+        p.add_argument("--subject", required=True,
+                       help="who or what: a principal, session id, tenant or server name; a tool as `name` "
+                       "(on every server), `server/name` or its aggregated name `server__name`")
         p.add_argument("--tenant", help="confine the decision to one tenant (default: every tenant)")
         if action == "block":
             p.add_argument("--ttl", type=float, metavar="SECONDS", help="lift the block after this long "

@@ -31,6 +31,21 @@ class DecisionSource(StrEnum):
     EXTERNAL = "external"  # a user's own consumer or SOAR tool, through the admin API
 
 
+def tool_subject(server: str, tool: str) -> str:
+    """The subject of a tool-scope decision about one server's tool: `server/tool`.
+
+    Server names cannot contain `/`, so the first `/` ends the server and a tool name may hold more.
+    The ingress also matches a bare tool name (that tool on every server) and its aggregated name.
+    """
+    return f"{server}/{tool}"
+
+
+def parse_tool_subject(subject: str) -> tuple[str, str] | None:
+    """(server, tool) of a `server/tool` subject; None for any other form."""
+    server, sep, tool = subject.partition("/")
+    return (server, tool) if sep and server and tool else None
+
+
 @dataclass(slots=True, kw_only=True)
 class Decision:
     ts: int

@@ -53,7 +53,7 @@ from consumers.risk.signals.sensitive_data import PII, SECRET, SensitiveData
 from consumers.risk.signals.sequence import SensitiveSequence
 from consumers.risk.signals.text import json_strings
 from consumers.risk.signals.tool_drift import ToolDrift, definitions_in, fingerprint
-from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource
+from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource, parse_tool_subject, tool_subject
 from schemas.events import EventType, GatewayEvent, Kind, Outcome
 from schemas.risk import RiskScore
 
@@ -360,14 +360,3 @@ class RiskEngine:
             signals={k: round(v, 2) for k, v in sorted(score.contributions.items())}, window_start=score.since,
             window_end=ts, event_id=event.event_id or None, scorer=SCORER,
         )  # fmt: skip
-
-
-def tool_subject(server: str, tool: str) -> str:
-    """A tool block's subject: `server/tool`, that server's tool only (server names have no `/`)."""
-    return f"{server}/{tool}"
-
-
-def parse_tool_subject(subject: str) -> ToolKey | None:
-    """(server, tool) of a `server/tool` subject; None for any other form."""
-    server, sep, tool = subject.partition("/")
-    return (server, tool) if sep and server and tool else None

@@ -11,9 +11,9 @@ from typing import Any
 
 import pytest
 
-from consumers.risk.engine import ACTOR, RiskEngine, parse_tool_subject, tool_subject
+from consumers.risk.engine import ACTOR, RiskEngine
 from consumers.risk.settings import RiskSettings
-from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource
+from schemas.decisions import Decision, DecisionAction, DecisionScope, DecisionSource, parse_tool_subject, tool_subject
 from schemas.events import GatewayEvent
 from tests.consumers.risk.builders import SECOND, T0, definitions_changed, tool_call, tool_definition, tools_listed
 from tests.consumers.risk.test_engine import HIDDEN_DIRECTIVE, decisions, run, scores
