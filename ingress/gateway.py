@@ -237,7 +237,7 @@ class Gateway:
             if blocked is not None:
                 await self.cutoff.withhold(lctx, blocked, out, wire)
                 continue
-            await self.recorder.agent_sent(listener.ctx, out, wire, final=False)
+            await self.recorder.agent_sent(lctx, out, wire, final=False)
             listener.outbox.put_nowait(wire)
 
     async def subscribe_resources(self, uris: list[str], target: str) -> list[tuple[str, str]]:
