@@ -1,10 +1,11 @@
-"""The floors under a gateway call, from the same run: a bare relay's hop and the disk's durable write.
+"""The floors under a gateway call, from the same run: a bare relay's hop and the log's durable write.
 
-`bench.run` measures both beside the gateway: the bare relay (`bench/relay.py`) as one more
-interleaved path, the disk's write+fdatasync (`bench/disk_floor.py`) after every c=1 round of the
-embedded log. A strict call at c=1 cannot beat one proxy hop plus two durable writes in series, so
-each gateway path's Δp50 beyond that floor is what the gateway's own work adds. Pure: numbers in,
-numbers and report lines out.
+`bench.run` measures them beside the gateway: the bare relay (`bench/relay.py`) as one more
+interleaved path, and after every c=1 round the disk's write+fdatasync (`bench/disk_floor.py`, on the
+embedded log) or the broker's acknowledged produce (`bench/produce_floor.py`, on Kafka). A strict
+call at c=1 cannot beat one proxy hop plus two durable writes in series, so each gateway path's
+Δp50 beyond that floor is what the gateway's own work adds. Pure: numbers in, numbers and report
+lines out.
 """
 
 from __future__ import annotations

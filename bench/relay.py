@@ -95,10 +95,12 @@ class _Downstream(_Side):
             up.transport.close()
             return
         up.peer, self.peer = self, up
+        # Resume first: if the held bytes fill the upstream's send buffer, its pause_writing pauses this
+        # side again, and a resume after the write would undo that.
+        self.transport.resume_reading()
         if self._early:
             up.transport.writelines(self._early)
             self._early.clear()
-        self.transport.resume_reading()
 
 
 async def serve(port: int, upstream_port: int, upstream_host: str = HOST) -> None:

@@ -1190,6 +1190,8 @@ async def run_all(
     by_key = {f"{s['target']}@{s['concurrency']}": s for s in summaries}
     gateway_calls = sum(r.calls for r in rounds if r.target not in ("direct", "relay"))
     gateway_calls += plan.warmup_calls * len(paths) * 2
+    # Each path's p50 per c=1 round: what the floors, measured only after c=1 rounds, are read against.
+    c1_p50s = {t.key: cells[(t.key, 1)].round_p50s for t in paths} if 1 in plan.concurrencies else {}
     env = environment()
     env.update(loadavg_start=load_start, loadavg_end=loadavg(), background_cpu_pct=background)
     report: dict[str, Any] = {
@@ -1210,12 +1212,8 @@ async def run_all(
         "environment": env,
         "gateway_config": config,
         "profile": {k: v for k, v in profile.items() if k != "summary"} if profile else None,
-        "disk_floor": disk_floor(setup.floors, {t.key: cells[(t.key, 1)].round_p50s for t in paths})
-        if setup.floors and 1 in plan.concurrencies
-        else None,
-        "produce_floor": call_floor(setup.produce_ms, {t.key: cells[(t.key, 1)].round_p50s for t in paths})
-        if setup.produce_ms
-        else None,
+        "disk_floor": disk_floor(setup.floors, c1_p50s) if setup.floors else None,
+        "produce_floor": call_floor(setup.produce_ms, c1_p50s) if setup.produce_ms else None,
     }
     return report
 
