@@ -6,7 +6,9 @@ server, outcome, and the latency of final answers). Everything else (upstream st
 blocks...) is read by `GatewayState` only when Prometheus scrapes: it costs the hot path nothing.
 
 Each gateway has its own `CollectorRegistry` (`GatewayMetrics.registry`); `register` is the hook
-for collectors the process adds (the in-process consumers of `mcpgw up`).
+for collectors the process adds (the in-process consumers of `mcpgw up`), and `add_refresher` for
+what such a collector must read asynchronously before a scrape exports (Kafka's end offsets, which
+take a broker round trip a synchronous collector cannot await): /metrics awaits `refresh` first.
 
 Label values are bounded whatever agents send: a method the MCP wire types (or the gateway's own
 admin and decision traffic) do not name, and a server the config does not name, count as `(other)`.
@@ -17,7 +19,7 @@ from __future__ import annotations
 import typing
 from bisect import bisect_left
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Iterator, Sequence
 from typing import TYPE_CHECKING
 
 import mcp_types
@@ -231,7 +233,17 @@ class GatewayMetrics:
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+        self._refreshers: list[Callable[[], Awaitable[None]]] = []
 
     def register(self, collector: Collector) -> None:
         """Expose `collector` on this gateway's /metrics too."""
         self.registry.register(collector)
+
+    def add_refresher(self, refresh: Callable[[], Awaitable[None]]) -> None:
+        """Await `refresh` before each export; it must bound its own wait and not raise."""
+        self._refreshers.append(refresh)
+
+    async def refresh(self) -> None:
+        """Run the registered refreshers (none by default: then a scrape awaits nothing)."""
+        for refresh in self._refreshers:
+            await refresh()

@@ -7,7 +7,7 @@ compose.yaml) serves the same families, under the same names, on `consumers.metr
 
     GET /metrics   `mcpgw_consumer_*{consumer}` (ConsumerMetricsCollector), `process_*`, `python_*`,
                    and `mcpgw_log_end_offset{topic, partition}`: where each topic the consumer reads
-                   ends, read at scrape time (at most every END_OFFSETS_TTL_S), so a consumer's lag is
+                   ends, read at scrape time (mcpgw.log_ends.ScrapedEnds), so a consumer's lag is
                    `mcpgw_log_end_offset - on(topic, partition) group_right mcpgw_consumer_committed_offset`.
                    Off loopback with `admin.token_sha256` set, only with `Authorization: Bearer <admin
                    token>` (the ingress's rule for its /metrics; docs/admin-api.md).
@@ -29,18 +29,14 @@ from prometheus_client import CollectorRegistry, GCCollector, PlatformCollector,
 from prometheus_client.aiohttp import make_aiohttp_handler
 
 from consumers.pipeline import ConsumerMetrics
-from eventlog.base import LogUnavailable, TopicPartition
 from eventlog.embedded.log import EmbeddedLog
 from ingress.auth import bearer_token, token_sha256
 from ingress.config import ListenConfig
 from mcpgw.config import GatewayConfig
 from mcpgw.consumer_metrics import ConsumerMetricsCollector, LogEndOffsets
-from mcpgw.log_ends import end_offsets
+from mcpgw.log_ends import ScrapedEnds
 
 log = logging.getLogger("mcpgw.consumers")
-
-END_OFFSETS_TTL_S = 1.0  # scrapes closer together than this (several scrapers) share one read of the ends
-END_OFFSETS_TIMEOUT_S = 3.0  # a scrape does not wait longer on the log; the family is left out instead
 
 
 class ConsumerHttp:
@@ -49,9 +45,6 @@ class ConsumerHttp:
     def __init__(self, config: GatewayConfig, role: str, local_log: EmbeddedLog | None, topics: Sequence[str],
                  consumers: Callable[[], Mapping[str, ConsumerMetrics]],
                  tasks: Sequence[asyncio.Future[None]], *, loopback: bool) -> None:
-        self._kafka = config.kafka
-        self._local_log = local_log
-        self._topics = list(topics)
         self._role = role
         self._consumers = consumers
         self._tasks = list(tasks)
@@ -59,13 +52,11 @@ class ConsumerHttp:
         # The ingress's rule: a token is asked for only off loopback, and only when one is configured.
         self._token_sha256 = bytes.fromhex(admin.token_sha256) if admin is not None and not loopback else None
         self._started = time.time()
-        self._ends: dict[TopicPartition, int] = {}
-        self._ends_read_at = -END_OFFSETS_TTL_S
-        self._ends_lock = asyncio.Lock()
+        self._ends = ScrapedEnds(config.kafka, local_log, topics)
         self.registry = CollectorRegistry()
         stored = local_log.committed_offsets if local_log is not None else None
         self.registry.register(ConsumerMetricsCollector(consumers, stored))
-        self.registry.register(LogEndOffsets(lambda: self._ends))
+        self.registry.register(LogEndOffsets(self._ends.ends))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -84,7 +75,7 @@ class ConsumerHttp:
             if token is None or not hmac.compare_digest(token_sha256(token), self._token_sha256):
                 return _json({"error": "send Authorization: Bearer <admin token> (the token whose SHA-256 is "
                                        "admin.token_sha256)"}, 401, {"WWW-Authenticate": 'Bearer realm="mcpgw-admin"'})
-        await self._refresh_ends()
+        await self._ends.refresh()
         return await self._export(request)
 
     async def healthz(self, _request: web.Request) -> web.Response:
@@ -93,19 +84,6 @@ class ConsumerHttp:
         return _json({"status": "stopped" if stopped else "ok", "role": self._role,
                       "uptime_s": round(time.time() - self._started, 3), "consumers": consumers},
                      503 if stopped else 200)
-
-    async def _refresh_ends(self) -> None:
-        async with self._ends_lock:
-            now = time.monotonic()
-            if now - self._ends_read_at < END_OFFSETS_TTL_S:
-                return
-            try:
-                read = end_offsets(self._kafka, self._local_log, self._topics)
-                self._ends = await asyncio.wait_for(read, END_OFFSETS_TIMEOUT_S)
-            except (LogUnavailable, TimeoutError) as exc:
-                log.debug("consumer metrics: the topics' end offsets are unavailable: %s", exc)
-                self._ends = {}  # say nothing rather than something stale
-            self._ends_read_at = now
 
 
 def _json(data: object, status: int = 200, headers: dict[str, str] | None = None) -> web.Response:

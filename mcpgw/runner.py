@@ -12,7 +12,8 @@ from contextlib import AsyncExitStack
 
 from aiohttp import web
 
-from eventlog.base import LogUnavailable
+from consumers.risk_consumer import RISK_TOPICS
+from eventlog.base import TOPIC_EVENTS, LogUnavailable
 from eventlog.embedded.log import LogLocked
 from ingress.gateway import Gateway
 from ingress.http.app import build_app, start_runner
@@ -20,7 +21,8 @@ from mcpgw.audit_runtime import RunningConsumer, start_audit_consumer
 from mcpgw.config import GatewayConfig
 from mcpgw.consumer_metrics import ConsumerMetricsCollector, LogEndOffsets, in_process
 from mcpgw.decisions_runtime import open_gateway_ports
-from mcpgw.risk_runtime import RunningRisk, start_risk
+from mcpgw.log_ends import ScrapedEnds
+from mcpgw.risk_runtime import PROJECTION_SPECS, RunningRisk, start_risk
 from mcpgw.sinks import open_event_log
 
 log = logging.getLogger("mcpgw")
@@ -47,9 +49,16 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
             gateway.metrics.register(ConsumerMetricsCollector(lambda: in_process(audit, risk), stored))
         if local_log is not None:
             # Next to the committed offsets, so one scrape gives each group's lag; the log holds its
-            # ends in memory, so a scrape costs no I/O. (Kafka's ends take a broker round trip, which
-            # the gateway's synchronous collectors cannot await: `mcpgw consume`'s listener has them.)
+            # ends in memory, so a scrape costs no I/O.
             gateway.metrics.register(LogEndOffsets(local_log.high_watermarks))
+        elif config.kafka is not None and (audit is not None or risk is not None):
+            # Kafka's ends take a broker round trip: read by /metrics before it exports (at most once
+            # a second, bounded wait), as `mcpgw consume`'s listener does, for the topics the
+            # in-process consumers read.
+            topics = [TOPIC_EVENTS, *RISK_TOPICS, *(spec.topic for spec in PROJECTION_SPECS)]
+            ends = ScrapedEnds(config.kafka, None, list(dict.fromkeys(topics)))
+            gateway.metrics.add_refresher(ends.refresh)
+            gateway.metrics.register(LogEndOffsets(ends.ends))
         app = build_app(gateway)
         runner = await start_runner(app)
         stack.push_async_callback(runner.cleanup)  # closed before the sink: in-flight calls record

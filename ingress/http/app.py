@@ -71,6 +71,7 @@ def build_app(gateway: Gateway) -> web.Application:
             refused = await admin.refusal(request, "metrics")
             if refused is not None:
                 return refused
+        await gateway.metrics.refresh()
         return await exposition(request)
 
     app.router.add_get("/metrics", metrics)
