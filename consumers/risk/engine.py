@@ -207,19 +207,19 @@ class RiskEngine:
             return
         server = event.server
         accepted = self._tool_accepted
-        current = []  # the definitions an operator has not accepted (by unblocking the tool)
+        current = []  # (definition, fingerprint) of those an operator has not accepted (by unblocking the tool)
         for definition in definitions:
             key = (server, definition["name"])
             digest = fingerprint(definition)
             self._tool_latest.put(key, digest)
             if not accepted or accepted.get(key) != digest:
-                current.append(definition)
+                current.append((definition, digest))
         hits: dict[str, list[Hit]] = {}
         if self.drift is not None:
             for name, hit in self.drift.observe(server, current):
                 hits.setdefault(name, []).append(hit)
         if self.injection is not None:
-            for definition in current:
+            for definition, _ in current:
                 text = "\n".join(json_strings(definition)).encode("utf-8", "surrogatepass")
                 if marked := self.injection.scan_text(text):
                     hits.setdefault(definition["name"], []).append(marked)
@@ -241,14 +241,8 @@ class RiskEngine:
                                         f"principal:{event.tenant}/{event.principal}", event.session_id or None,
                                         event.server or None, event.tool or None))  # fmt: skip
         if block:
-            decision = Decision(
-                ts=ts, decision_id=f"risk-{event.event_id}", action=DecisionAction.BLOCK,
-                scope=DecisionScope.PRINCIPAL, subject=event.principal, tenant=event.tenant,
-                reason=f"risk score {value}: {', '.join(reasons)}", source=DecisionSource.RISK_ENGINE, actor=ACTOR,
-                expires_at=ts + self._ttl_us, risk_score=value, evidence_event_ids=list(score.evidence),
-            )  # fmt: skip
-            self._blocks.note(decision)
-            out.decisions.append(decision)
+            self._block(event, score, value, reasons, f"risk-{event.event_id}", DecisionScope.PRINCIPAL,
+                        event.principal, event.tenant, out)  # fmt: skip
 
     def _score_tool(self, event: GatewayEvent, server: str, tool: str, hits: list[Hit], out: Assessment,
                     may_block: bool) -> None:  # fmt: skip
@@ -267,14 +261,22 @@ class RiskEngine:
                                         tool))  # fmt: skip
         if block:
             # No tenant: the upstream, and so the tool's definition, is the same for every tenant.
-            decision = Decision(
-                ts=ts, decision_id=f"risk-{event.event_id}/tool:{subject}", action=DecisionAction.BLOCK,
-                scope=DecisionScope.TOOL, subject=subject, tenant=None,
-                reason=f"risk score {value}: {', '.join(reasons)}", source=DecisionSource.RISK_ENGINE, actor=ACTOR,
-                expires_at=ts + self._ttl_us, risk_score=value, evidence_event_ids=list(score.evidence),
-            )  # fmt: skip
-            self._blocks.note(decision)
-            out.decisions.append(decision)
+            self._block(event, score, value, reasons, f"risk-{event.event_id}/tool:{subject}", DecisionScope.TOOL,
+                        subject, None, out)  # fmt: skip
+
+    def _block(
+        self, event: GatewayEvent, score: SubjectScore, value: int, reasons: list[str], decision_id: str,
+        scope: DecisionScope, subject: str, tenant: str | None, out: Assessment,
+    ) -> None:  # fmt: skip
+        """Decide a block of the subject for `ttl_s`, note it as in force and add it to `out`."""
+        ts = event.ts_us
+        decision = Decision(
+            ts=ts, decision_id=decision_id, action=DecisionAction.BLOCK, scope=scope, subject=subject, tenant=tenant,
+            reason=f"risk score {value}: {', '.join(reasons)}", source=DecisionSource.RISK_ENGINE, actor=ACTOR,
+            expires_at=ts + self._ttl_us, risk_score=value, evidence_event_ids=list(score.evidence),
+        )  # fmt: skip
+        self._blocks.note(decision)
+        out.decisions.append(decision)
 
     def _forgive_tool(self, subject: str) -> None:
         key = parse_tool_subject(subject)

@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Any
 
 from consumers.risk.lru import Lru
@@ -58,11 +58,10 @@ class ToolDrift:
     def __len__(self) -> int:
         return len(self._first)
 
-    def observe(self, server: str, definitions: list[JsonObject]) -> Iterator[tuple[str, Hit]]:
-        """(tool name, hit) for each definition that differs from the one first seen for it."""
-        for definition in definitions:
+    def observe(self, server: str, definitions: Iterable[tuple[JsonObject, str]]) -> Iterator[tuple[str, Hit]]:
+        """(tool name, hit) for each (definition, its `fingerprint`) that differs from the one first seen for it."""
+        for definition, digest in definitions:
             name = definition["name"]
-            digest = fingerprint(definition)
             first = self._first.keep((server, name), digest)
             if first != digest:
                 yield name, Hit(NAME, 1.0)

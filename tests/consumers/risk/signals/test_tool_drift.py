@@ -33,6 +33,10 @@ def test_definitions_in(payload: bytes, names: list[str] | None) -> None:
 
 Listing = list[dict[str, Any]]
 
+
+def fingerprinted(listing: Listing) -> list[tuple[dict[str, Any], str]]:
+    return [(definition, fingerprint(definition)) for definition in listing]
+
 # Successive listings of one server, and the tools that drifted at each.
 TABLE: list[tuple[str, list[Listing], list[list[str]]]] = [
     ("unchanged", [[ADD, ECHO], [ADD, ECHO]], [[], []]),
@@ -48,13 +52,13 @@ TABLE: list[tuple[str, list[Listing], list[list[str]]]] = [
 @pytest.mark.parametrize(("listings", "drifted"), [pytest.param(li, d, id=name) for name, li, d in TABLE])
 def test_drift(listings: list[Listing], drifted: list[list[str]]) -> None:
     signal = ToolDrift(ToolDriftSettings(), max_tools=100)
-    assert [[name for name, _ in signal.observe("notes", listing)] for listing in listings] == drifted
+    assert [[name for name, _ in signal.observe("notes", fingerprinted(listing))] for listing in listings] == drifted
 
 
 def test_servers_are_apart() -> None:
     signal = ToolDrift(ToolDriftSettings(), max_tools=100)
-    list(signal.observe("notes", [ADD]))
-    assert list(signal.observe("calc", [ADD_POISONED])) == []
+    list(signal.observe("notes", fingerprinted([ADD])))
+    assert list(signal.observe("calc", fingerprinted([ADD_POISONED]))) == []
 
 
 def test_fingerprint_ignores_key_order() -> None:
@@ -64,5 +68,5 @@ def test_fingerprint_ignores_key_order() -> None:
 
 def test_state_is_bounded() -> None:
     signal = ToolDrift(ToolDriftSettings(), max_tools=5)
-    list(signal.observe("notes", [tool_definition(f"t{i}", "x") for i in range(20)]))
+    list(signal.observe("notes", fingerprinted([tool_definition(f"t{i}", "x") for i in range(20)])))
     assert len(signal) == 5
