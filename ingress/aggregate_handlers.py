@@ -144,9 +144,7 @@ class AggregateHandlers(Forwarder):
         result: JsonObject = {LIST_METHODS[msg.method][0]: items}
         if next_cursor:
             result["nextCursor"] = next_cursor
-        if withheld:
-            ctx.detail = withheld_detail(msg.method, withheld)
-        return Reply(result_body(msg.id, result))
+        return Reply(result_body(msg.id, result), detail=withheld_detail(msg.method, withheld) if withheld else "")
 
     async def _call_named(self, msg: Message, ctx: CallContext, session: AgentSession | None) -> Reply:
         params = msg.params

@@ -130,5 +130,5 @@ class Dispatcher(AggregateHandlers):
             body, withheld = visible_answer(msg.method, reply.body, target, self.blocklist, ctx.tenant, self.clock())
             if withheld:
                 reply.body = body
-                ctx.detail = withheld_detail(msg.method, withheld)
+                reply.detail = withheld_detail(msg.method, withheld)
         return reply

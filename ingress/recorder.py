@@ -195,11 +195,12 @@ class Recorder:
         ctx.deferred.append(self.event(EventType.AGENT_MESSAGE_RECEIVED, body, wire, ctx))
 
     def agent_sent(
-        self, ctx: CallContext, body: JsonObject, wire: bytes, outcome: Outcome | None = None, final: bool = True
+        self, ctx: CallContext, body: JsonObject, wire: bytes, outcome: Outcome | None = None, final: bool = True,
+        detail: str = "",
     ) -> Awaitable[None]:
         latency = (time.perf_counter_ns() - ctx.started_ns) // 1000 if final else None
         return self.flush(ctx, self.event(EventType.AGENT_MESSAGE_SENT, body, wire, ctx, outcome=outcome,
-                                         latency_us=latency, detail=ctx.detail if final else ""))
+                                         latency_us=latency, detail=detail))
 
     async def refused(
         self, ctx: CallContext, body: JsonObject, wire: bytes, code: int, message: str, outcome: Outcome

@@ -17,6 +17,7 @@ class Reply:
     body: JsonObject
     outcome: Outcome = Outcome.OK
     http_status: int = 200
+    detail: str = ""  # a note for the answer's audit event (e.g. what a list withheld)
 
 
 def error_reply(ctx_id: Any, code: int, message: str, outcome: Outcome, status: int = 200,

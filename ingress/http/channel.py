@@ -237,7 +237,7 @@ class PostChannel(AgentChannel):
 
     async def finish(self, reply: Reply) -> web.StreamResponse:
         wire = orjson.dumps(reply.body)
-        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
+        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome, detail=reply.detail)
         if self._opener is not None:
             self._opener.cancel()
         if self.stream is not None or self.log is not None:
@@ -293,5 +293,5 @@ class SessionStreamChannel(AgentChannel):
 
     async def finish(self, reply: Reply) -> Any:
         wire = orjson.dumps(reply.body)
-        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome)
+        await self.recorder.agent_sent(self.ctx, reply.body, wire, outcome=reply.outcome, detail=reply.detail)
         self._session.push(wire)

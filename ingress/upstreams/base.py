@@ -65,8 +65,6 @@ class CallContext:
     tool: str = ""
     resource_uri: str = ""
     prompt_name: str = ""
-    # A note the event of the call's answer to the agent carries (e.g. what a list withheld).
-    detail: str = ""
     # Events built but not yet handed to the sink: they are recorded together with the next
     # outgoing message of the call, so one durable write covers "received" and "forwarded".
     deferred: list[Any] = field(default_factory=list)
