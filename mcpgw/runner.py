@@ -54,9 +54,9 @@ async def serve(config: GatewayConfig, stop: asyncio.Event | None = None, consum
         elif config.kafka is not None and (audit is not None or risk is not None):
             # Kafka's ends take a broker round trip: read by /metrics before it exports (at most once
             # a second, bounded wait), as `mcpgw consume`'s listener does, for the topics the
-            # in-process consumers read.
+            # in-process consumers read (each read once, however often listed).
             topics = [TOPIC_EVENTS, *RISK_TOPICS, *(spec.topic for spec in PROJECTION_SPECS)]
-            ends = ScrapedEnds(config.kafka, None, list(dict.fromkeys(topics)))
+            ends = ScrapedEnds(config.kafka, None, topics)
             gateway.metrics.add_refresher(ends.refresh)
             gateway.metrics.register(LogEndOffsets(ends.ends))
         app = build_app(gateway)
