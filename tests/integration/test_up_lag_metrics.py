@@ -63,6 +63,19 @@ def check_consistent(s: Scrape) -> None:
             assert s.ends[tp] >= committed, f"{consumer} on {tp}: end {s.ends[tp]} < committed {committed}"
 
 
+async def caught_up(http: aiohttp.ClientSession, base: str) -> Scrape:
+    """Scrape until the audit and risk groups have committed every event offset; that scrape."""
+    for _ in range(240):
+        latest = await scrape(http, base)
+        check_consistent(latest)
+        ends = events_of(latest.ends)
+        if all(latest.committed.get(group, {}).get(tp, 0) == end
+               for group in ("audit", "risk") for tp, end in ends.items() if end):
+            return latest
+        await asyncio.sleep(0.25)
+    raise AssertionError(f"consumers not caught up: ends {latest.ends}, committed {latest.committed}")
+
+
 async def test_mcpgw_up_serves_log_end_offsets_next_to_committed_offsets(tmp_path: Path) -> None:
     config = {"auth": "none", "listen": {"host": "127.0.0.1", "port": free_port()}, "data_dir": str(tmp_path / "data"),
               "event_log": {"embedded": {"partitions": PARTITIONS}}, "servers": {"time": time_server()}}
@@ -86,16 +99,8 @@ async def test_mcpgw_up_serves_log_end_offsets_next_to_committed_offsets(tmp_pat
             assert sum(events_of(after.ends).values()) >= sum(events_of(first.ends).values()) + 6 * 2
 
             # Until the audit and risk consumers have committed everything the calls wrote: lag 0.
-            for _ in range(240):
-                latest = await scrape(http, process.base)
-                check_consistent(latest)
-                ends = events_of(latest.ends)
-                if all(latest.committed.get(group, {}).get(tp, 0) == end
-                       for group in ("audit", "risk") for tp, end in ends.items() if end):
-                    break
-                await asyncio.sleep(0.25)
-            else:
-                raise AssertionError(f"consumers not caught up: ends {latest.ends}, committed {latest.committed}")
+            latest = await caught_up(http, process.base)
+            ends = events_of(latest.ends)
             assert sum(ends.values()) >= sum(events_of(after.ends).values())  # ends never go back
 
         # Restarted on the same log: the ends are recovered, and each group's committed offsets show

@@ -20,7 +20,7 @@ from eventlog.base import TOPIC_DECISIONS, TOPIC_EVENTS, TOPIC_RISK
 from eventlog.kafka_settings import default_topics
 from tests.eventlog.kafka_fixture import TansuBroker, require_tansu, running_tansu
 from tests.integration.rawmcp import modern_call
-from tests.integration.test_up_lag_metrics import TOOL, check_consistent, events_of, scrape
+from tests.integration.test_up_lag_metrics import TOOL, caught_up, check_consistent, events_of, scrape
 from tests.support.admin import assert_ok
 from tests.support.durable import GatewayProcess
 from tests.support.gateway import free_port, time_server
@@ -62,16 +62,8 @@ async def test_mcpgw_up_on_kafka_serves_log_end_offsets_next_to_committed_offset
             assert sum(events_of(first.ends).values()) >= CALLS * 2, first.ends
 
             # Until the audit and risk consumers have committed everything the calls wrote: lag 0.
-            for _ in range(240):
-                latest = await scrape(http, process.base)
-                check_consistent(latest)
-                ends = events_of(latest.ends)
-                if all(latest.committed.get(group, {}).get(tp, 0) == end
-                       for group in ("audit", "risk") for tp, end in ends.items() if end):
-                    break
-                await asyncio.sleep(0.25)
-            else:
-                raise AssertionError(f"consumers not caught up: ends {latest.ends}, committed {latest.committed}")
+            latest = await caught_up(http, process.base)
+            ends = events_of(latest.ends)
             assert all(ends[tp] >= end for tp, end in events_of(first.ends).items())  # ends never go back
 
             # A broker that does not answer: the scrape still answers (after at most the read's
